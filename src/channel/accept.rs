@@ -1,0 +1,226 @@
+//! A new data-plane connection: read its request head (bounded in size and time), route
+//! it, hand it to the shard that owns its channel, and there claim the channel end.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use subtle::ConstantTimeEq;
+
+use super::channel::Slot;
+use super::shard::{owner_of, ConnGuard, Shard, ShardMsg};
+use crate::control::metrics::METRICS;
+use crate::error::Refusal;
+use crate::ring::{self, Conn};
+use crate::wire::head::{parse_request_head, HeadError, Method, RequestHead};
+use crate::wire::response::switching_protocols;
+use crate::wire::route::{parse_target, ChannelTarget, Direction, RouteError};
+
+/// First read size for a request head; grows up to the configured head limit.
+pub const HEAD_READ_BYTES: usize = 2048;
+
+/// Sends a refusal and closes the connection.
+pub async fn refuse(conn: Conn, refusal: Refusal) {
+    let (status, _, _) = refusal.status();
+    METRICS.count_refusal(status);
+    tracing::debug!(status, "refused");
+    let _ = conn.write_all(refusal.response()).await;
+    conn.shutdown();
+}
+
+/// Reads the request head. `Err(None)`: the peer went away (nothing to answer).
+async fn read_head(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+) -> Result<(RequestHead, Vec<u8>), Option<Refusal>> {
+    let max = shard.config().max_head_bytes;
+    let timed_out = Rc::new(Cell::new(false));
+    let done = Rc::new(Cell::new(false));
+    {
+        // Slow clients are cut off from a separate task: the read itself is never dropped.
+        let weak = Rc::downgrade(conn);
+        let (timed_out, done) = (timed_out.clone(), done.clone());
+        let timeout = shard.config().handshake_timeout();
+        ring::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if !done.get() {
+                if let Some(c) = weak.upgrade() {
+                    timed_out.set(true);
+                    c.shutdown_read();
+                }
+            }
+        });
+    }
+    let mut buf = vec![0u8; HEAD_READ_BYTES.min(max)];
+    let mut filled = 0;
+    let result = loop {
+        if filled == buf.len() {
+            if buf.len() >= max {
+                break Err(Some(Refusal::HeadTooLarge));
+            }
+            buf.resize((buf.len() * 2).min(max), 0);
+        }
+        let len = buf.len();
+        let (res, b) = conn.read_into(buf, filled..len).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) if timed_out.get() => break Err(Some(Refusal::Timeout)),
+            Ok(0) | Err(_) => break Err(None),
+            Ok(n) => filled += n,
+        }
+        match parse_request_head(&buf[..filled]) {
+            Ok(None) => continue,
+            Ok(Some((head, n))) => break Ok((head, buf[n..filled].to_vec())),
+            Err(HeadError::TooManyHeaders) => break Err(Some(Refusal::HeadTooLarge)),
+            Err(HeadError::Malformed(m)) => break Err(Some(Refusal::BadRequest(m))),
+        }
+    };
+    done.set(true);
+    result
+}
+
+/// Decides what a request is for, before any channel lookup.
+fn route(shard: &Shard, head: &RequestHead) -> Result<ChannelTarget, Refusal> {
+    let prefix = &shard.config().path_prefix;
+    let target = match parse_target(&head.path, &head.query, prefix) {
+        Ok(t) => t,
+        Err(RouteError::NotFound) => return Err(Refusal::NotFound),
+        Err(RouteError::BadQuery(m)) => {
+            return Err(match head.method {
+                Method::Get | Method::Put | Method::Post => Refusal::BadRequest(m),
+                Method::Delete | Method::Other(_) => Refusal::MethodNotAllowed,
+            })
+        }
+    };
+    match (&head.method, target.dir) {
+        (Method::Get, _) if head.upgrade_websocket => {
+            if !head.connection_upgrade {
+                return Err(Refusal::BadRequest("upgrade requires connection: upgrade"));
+            }
+            if head.ws_version.as_deref() != Some("13") {
+                return Err(Refusal::BadRequest("sec-websocket-version must be 13"));
+            }
+            let key_ok = head.ws_key.as_deref().is_some_and(valid_ws_key);
+            if !key_ok {
+                return Err(Refusal::BadRequest("missing or invalid sec-websocket-key"));
+            }
+            Ok(target)
+        }
+        (Method::Get, Direction::Read) => Err(Refusal::NotImplemented(
+            "reading a channel as an HTTP response is not available yet",
+        )),
+        (Method::Put | Method::Post, Direction::Write) => Err(Refusal::NotImplemented(
+            "writing a channel from an HTTP body is not available yet",
+        )),
+        (Method::Get, Direction::Write) => Err(Refusal::BadRequest(
+            "a writer must upgrade to WebSocket or use PUT/POST",
+        )),
+        _ => Err(Refusal::MethodNotAllowed),
+    }
+}
+
+/// A Sec-WebSocket-Key is 16 bytes in base64: 24 characters ending in "==".
+fn valid_ws_key(k: &str) -> bool {
+    k.len() == 24
+        && k.ends_with("==")
+        && k[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// Serves a freshly accepted connection on the shard that accepted it.
+pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
+    let Some(guard) = ConnGuard::admit(&shard.shared) else {
+        return refuse(conn, Refusal::Unavailable("connection limit reached")).await;
+    };
+    let conn = Rc::new(conn);
+    let head = read_head(&shard, &conn).await;
+    let conn = Rc::try_unwrap(conn).unwrap_or_else(|_| unreachable!("watchdog holds a weak ref"));
+    let (head, leftover) = match head {
+        Ok(h) => h,
+        Err(Some(refusal)) => return refuse(conn, refusal).await,
+        Err(None) => return,
+    };
+    if shard.shared.draining.load(Relaxed) {
+        return refuse(conn, Refusal::Unavailable("relay is draining")).await;
+    }
+    let target = match route(&shard, &head) {
+        Ok(t) => t,
+        Err(refusal) => return refuse(conn, refusal).await,
+    };
+    let owner = owner_of(&target.channel_id, shard.shard_count());
+    if owner == shard.index {
+        return attach(shard, conn, head, target, leftover, guard).await;
+    }
+    match conn.into_std() {
+        Ok(std) => {
+            METRICS.handoffs.fetch_add(1, Relaxed);
+            let msg = ShardMsg::Handoff {
+                conn: std,
+                head,
+                target,
+                leftover,
+                guard,
+            };
+            if shard.shared.peers[owner].send(msg).is_err() {
+                tracing::error!(owner, "owner shard is gone; connection dropped");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "handoff failed"),
+    }
+}
+
+/// On the owner shard: claims the channel end and starts forwarding.
+pub async fn attach(
+    shard: Rc<Shard>,
+    conn: Conn,
+    head: RequestHead,
+    target: ChannelTarget,
+    leftover: Vec<u8>,
+    guard: ConnGuard,
+) {
+    let Some(ch) = shard.lookup(&target.channel_id) else {
+        return refuse(conn, Refusal::NotFound).await;
+    };
+    if !bool::from(ch.key.as_bytes().ct_eq(target.key.as_bytes())) {
+        return refuse(conn, Refusal::NotFound).await;
+    }
+    if ch.slot(target.dir) != Slot::Waiting {
+        return refuse(conn, Refusal::Conflict).await;
+    }
+    // Claim the end before the first await so a second connection gets 409.
+    ch.set_slot(target.dir, Slot::Connected);
+    let conn = Rc::new(conn);
+    {
+        let mut st = ch.state.borrow_mut();
+        match target.dir {
+            Direction::Write => st.writer_conn = Some(conn.clone()),
+            Direction::Read => st.reader_conn = Some(conn.clone()),
+        }
+    }
+    let ws_key = head.ws_key.as_deref().unwrap_or_default();
+    if conn.write_all(switching_protocols(ws_key)).await.is_err() {
+        let end = match target.dir {
+            Direction::Write => crate::error::StreamEnd::WriterDisconnected,
+            Direction::Read => crate::error::StreamEnd::ReaderGone,
+        };
+        ch.finish(end);
+    }
+    tracing::debug!(channel = %ch.id, dir = target.dir.as_str(), "end connected");
+    match target.dir {
+        Direction::Write => super::pump::run_writer(shard, ch, conn, leftover, guard).await,
+        Direction::Read => super::pump::run_reader(shard, ch, conn, leftover, guard).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_key_shape() {
+        assert!(valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_ws_key("short=="));
+        assert!(!valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=x"));
+    }
+}

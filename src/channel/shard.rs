@@ -1,0 +1,343 @@
+//! A shard: one core's listener, channel table and buffer pool, and the queue through
+//! which other threads reach it (connections handed over, control commands).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::channel::Channel;
+use crate::config::Config;
+use crate::control::metrics::METRICS;
+use crate::error::StreamEnd;
+use crate::ring::{self, Conn, Listener};
+use crate::wire::head::RequestHead;
+use crate::wire::route::ChannelTarget;
+
+/// State shared by every thread of the process.
+pub struct Shared {
+    pub config: Config,
+    pub draining: AtomicBool,
+    pub connections: AtomicUsize,
+    pub peers: Vec<mpsc::UnboundedSender<ShardMsg>>,
+}
+
+/// Counts a data-plane connection for as long as it lives (travels with a handoff).
+pub struct ConnGuard {
+    shared: Arc<Shared>,
+}
+
+impl ConnGuard {
+    /// Admits a connection, or `None` when the relay is at its connection limit.
+    pub fn admit(shared: &Arc<Shared>) -> Option<ConnGuard> {
+        let n = shared.connections.fetch_add(1, Relaxed);
+        METRICS.connections_active.fetch_add(1, Relaxed);
+        METRICS.connections_total.fetch_add(1, Relaxed);
+        let g = ConnGuard {
+            shared: shared.clone(),
+        };
+        if n >= shared.config.max_connections {
+            None
+        } else {
+            Some(g)
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Relaxed);
+        METRICS.connections_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What a channel looks like from the control API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelInfo {
+    pub channel_id: String,
+    pub writer_connected: bool,
+    pub reader_connected: bool,
+    pub writer_state: &'static str,
+    pub reader_state: &'static str,
+    pub bytes_forwarded: u64,
+    pub frames_forwarded: u64,
+    pub buffered_bytes: usize,
+    pub age_ms: u64,
+    pub ended: Option<&'static str>,
+}
+
+/// Messages to a shard from other threads.
+pub enum ShardMsg {
+    /// A connection accepted elsewhere whose channel lives here.
+    Handoff {
+        conn: std::net::TcpStream,
+        head: RequestHead,
+        target: ChannelTarget,
+        leftover: Vec<u8>,
+        guard: ConnGuard,
+    },
+    Create {
+        id: String,
+        key: String,
+        buffer_bytes: usize,
+        ttl: Duration,
+        reply: oneshot::Sender<()>,
+    },
+    Inspect {
+        id: String,
+        reply: oneshot::Sender<Option<ChannelInfo>>,
+    },
+    Delete {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The shard that owns `channel_id` (FNV-1a: stable across processes and hosts).
+pub fn owner_of(channel_id: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel_id.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// Per-shard buffer pool for full-size stream reads.
+pub struct BufPool {
+    size: usize,
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+/// Full-size buffers a shard keeps for reuse.
+pub const POOL_KEEP: usize = 64;
+
+impl BufPool {
+    pub fn new(size: usize) -> BufPool {
+        BufPool {
+            size,
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn read_size(&self) -> usize {
+        self.size
+    }
+
+    /// A buffer of exactly `len` usable bytes.
+    pub fn get(&self, len: usize) -> Vec<u8> {
+        if len == self.size {
+            if let Some(b) = self.free.borrow_mut().pop() {
+                return b;
+            }
+        }
+        vec![0u8; len]
+    }
+
+    pub fn put(&self, buf: Vec<u8>) {
+        if buf.len() == self.size {
+            let mut free = self.free.borrow_mut();
+            if free.len() < POOL_KEEP {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+pub struct Shard {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pub channels: RefCell<HashMap<String, Rc<Channel>>>,
+    pub pool: BufPool,
+}
+
+impl Shard {
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shared.peers.len()
+    }
+
+    pub fn lookup(&self, id: &str) -> Option<Rc<Channel>> {
+        self.channels.borrow().get(id).cloned()
+    }
+
+    /// Registers a channel and arms its TTL.
+    pub fn create(self: &Rc<Self>, id: String, key: String, buffer_bytes: usize, ttl: Duration) {
+        let ch = Rc::new(Channel::new(id.clone(), key, buffer_bytes));
+        self.channels.borrow_mut().insert(id, ch.clone());
+        METRICS.channels_created.fetch_add(1, Relaxed);
+        METRICS.channels_active.fetch_add(1, Relaxed);
+        let shard = self.clone();
+        ring::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            shard.expire(&ch);
+        });
+    }
+
+    /// TTL reached: an end that never arrived ends the channel for the other.
+    fn expire(&self, ch: &Rc<Channel>) {
+        use super::channel::Slot::Waiting;
+        if ch.removed.get() {
+            return;
+        }
+        let (w, r) = {
+            let st = ch.state.borrow();
+            (st.writer, st.reader)
+        };
+        if w == Waiting || r == Waiting {
+            ch.finish(StreamEnd::PeerNeverConnected);
+            self.remove(ch);
+        }
+    }
+
+    /// Takes a channel out of the table (late arrivals get 404); counted once.
+    pub fn remove(&self, ch: &Channel) {
+        if ch.removed.replace(true) {
+            return;
+        }
+        self.channels.borrow_mut().remove(&ch.id);
+        METRICS.channels_active.fetch_sub(1, Relaxed);
+        if let Some(end) = ch.end() {
+            METRICS.count_end(end);
+        }
+    }
+
+    /// Called when one end's tasks finish: the channel goes once both are done.
+    pub fn end_finished(&self, ch: &Channel) {
+        if ch.both_finished() {
+            self.remove(ch);
+        }
+    }
+
+    fn inspect(&self, id: &str) -> Option<ChannelInfo> {
+        let ch = self.lookup(id)?;
+        let st = ch.state.borrow();
+        let name = |s: super::channel::Slot| match s {
+            super::channel::Slot::Waiting => "waiting",
+            super::channel::Slot::Connected => "connected",
+            super::channel::Slot::Finished => "finished",
+        };
+        Some(ChannelInfo {
+            channel_id: ch.id.clone(),
+            writer_connected: st.writer == super::channel::Slot::Connected,
+            reader_connected: st.reader == super::channel::Slot::Connected,
+            writer_state: name(st.writer),
+            reader_state: name(st.reader),
+            bytes_forwarded: st.bytes,
+            frames_forwarded: st.frames,
+            buffered_bytes: st.held,
+            age_ms: ch.created.elapsed().as_millis() as u64,
+            ended: st.end.map(|e| e.label()),
+        })
+    }
+
+    fn delete(&self, id: &str) -> bool {
+        match self.lookup(id) {
+            Some(ch) => {
+                ch.finish(StreamEnd::Aborted);
+                self.remove(&ch);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Runs shard `index`: accepts on `listener` and serves its queue until the process ends.
+pub async fn run_shard(
+    index: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    mut inbox: mpsc::UnboundedReceiver<ShardMsg>,
+) {
+    let shard = Rc::new(Shard {
+        index,
+        pool: BufPool::new(shared.config.read_buffer_bytes),
+        shared,
+        channels: RefCell::new(HashMap::new()),
+    });
+    let listener = Listener::from_std(listener);
+    let s = shard.clone();
+    ring::spawn(async move {
+        while let Some(msg) = inbox.recv().await {
+            s.handle_msg(msg);
+        }
+    });
+    loop {
+        match listener.accept().await {
+            Ok((conn, _peer)) => {
+                let shard = shard.clone();
+                ring::spawn(super::accept::serve_connection(shard, conn));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = index, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Shard {
+    fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Handoff {
+                conn,
+                head,
+                target,
+                leftover,
+                guard,
+            } => {
+                let conn = Conn::from_std(conn);
+                ring::spawn(super::accept::attach(
+                    self.clone(),
+                    conn,
+                    head,
+                    target,
+                    leftover,
+                    guard,
+                ));
+            }
+            ShardMsg::Create {
+                id,
+                key,
+                buffer_bytes,
+                ttl,
+                reply,
+            } => {
+                self.create(id, key, buffer_bytes, ttl);
+                let _ = reply.send(());
+            }
+            ShardMsg::Inspect { id, reply } => {
+                let _ = reply.send(self.inspect(&id));
+            }
+            ShardMsg::Delete { id, reply } => {
+                let _ = reply.send(self.delete(&id));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_stable_and_spread() {
+        let mut counts = [0usize; 4];
+        for i in 0..1000 {
+            let id = format!("{i:08x}-chan");
+            let o = owner_of(&id, 4);
+            assert_eq!(o, owner_of(&id, 4));
+            counts[o] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 150), "{counts:?}");
+    }
+}

@@ -1,0 +1,168 @@
+//! Every limit the relay enforces, with its default, in one place. Each can be overridden
+//! from the TOML config file (`--config`); `docs/configuration.md` documents them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default data-plane listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:49170";
+/// Default control-API listen address.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:49171";
+/// Bytes a channel holds before the relay stops reading its writer (64 × 64 KiB, as the
+/// iii engine holds).
+pub const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
+/// Smallest per-channel buffer a client may ask for.
+pub const MIN_BUFFER_BYTES: usize = 4 << 10;
+/// Largest per-channel buffer a client may ask for.
+pub const MAX_BUFFER_BYTES: usize = 1 << 30;
+/// Seconds an end waits for its peer before the channel is aborted.
+pub const DEFAULT_TTL_S: u64 = 300;
+/// Longest TTL a client may ask for (one day).
+pub const MAX_TTL_S: u64 = 86_400;
+/// Largest WebSocket frame payload accepted (larger → close 1009).
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 << 20;
+/// Largest request head (larger → 431).
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 8 << 10;
+/// Time a client has to send its request head.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Connections open at once on the data plane, all shards together (over → 503).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
+/// Read size for active streams (the biggest lever on throughput).
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 256 << 10;
+/// Read size for idle connections and readers' control traffic (keeps idle ends cheap).
+pub const SMALL_READ_BYTES: usize = 4 << 10;
+/// Time a peer has to answer our Close before its socket is shut.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest control-API request body.
+pub const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+    /// 0 = one per core.
+    pub shards: usize,
+    pub buffer_bytes: usize,
+    pub ttl_s: u64,
+    pub max_frame_bytes: u64,
+    pub max_head_bytes: usize,
+    pub handshake_timeout_ms: u64,
+    pub max_connections: usize,
+    pub read_buffer_bytes: usize,
+    /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
+    pub path_prefix: String,
+    /// When set, the control API requires `Authorization: Bearer <token>`.
+    pub control_token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            control: DEFAULT_CONTROL.parse().expect("valid default"),
+            shards: 0,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            ttl_s: DEFAULT_TTL_S,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            path_prefix: String::new(),
+            control_token: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys not given keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that every value is in range.
+    pub fn validate(&self) -> Result<(), String> {
+        let in_range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(format!("{name} must be between {lo} and {hi}, got {v}"))
+            } else {
+                Ok(())
+            }
+        };
+        in_range(
+            "buffer_bytes",
+            self.buffer_bytes as u64,
+            MIN_BUFFER_BYTES as u64,
+            MAX_BUFFER_BYTES as u64,
+        )?;
+        in_range("ttl_s", self.ttl_s, 1, MAX_TTL_S)?;
+        in_range("max_frame_bytes", self.max_frame_bytes, 125, 1 << 40)?;
+        in_range("max_head_bytes", self.max_head_bytes as u64, 1024, 1 << 20)?;
+        in_range(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        in_range(
+            "max_connections",
+            self.max_connections as u64,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "read_buffer_bytes",
+            self.read_buffer_bytes as u64,
+            SMALL_READ_BYTES as u64,
+            16 << 20,
+        )?;
+        if !self.path_prefix.is_empty()
+            && (!self.path_prefix.starts_with('/') || self.path_prefix.ends_with('/'))
+        {
+            return Err("path_prefix must start with '/' and not end with '/'".into());
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// Shards to run: the configured count, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_overrides() {
+        Config::default().validate().unwrap();
+        let c: Config = toml::from_str("buffer_bytes = 65536\npath_prefix = \"/r\"").unwrap();
+        assert_eq!(c.buffer_bytes, 65536);
+        assert_eq!(c.ttl_s, DEFAULT_TTL_S);
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let bad = Config {
+            buffer_bytes: 1,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

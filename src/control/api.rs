@@ -1,0 +1,209 @@
+//! The control API's routes: create, inspect and delete channels; health, readiness,
+//! metrics. Request in, response out — the HTTP plumbing lives in `server.rs`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use super::metrics::METRICS;
+use crate::channel::{owner_of, ShardMsg, Shared};
+use crate::config::{MAX_BUFFER_BYTES, MAX_TTL_S, MIN_BUFFER_BYTES};
+use crate::wire::head::Method;
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    fn json(status: u16, v: Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: v.to_string(),
+        }
+    }
+
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
+        Response::json(
+            status,
+            json!({"error": {"code": code, "message": message.into()}}),
+        )
+    }
+
+    fn empty(status: u16) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: String::new(),
+        }
+    }
+}
+
+/// A new access key: 256 random bits, hex-encoded (URL-safe as is).
+pub fn new_access_key() -> String {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).expect("OS randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Serves one control request.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Response {
+    if let Some(token) = &shared.config.control_token {
+        let expected = format!("Bearer {token}");
+        let ok = authorization.is_some_and(|a| bool::from(a.as_bytes().ct_eq(expected.as_bytes())));
+        if !ok {
+            return Response::error(401, "unauthorized", "missing or wrong bearer token");
+        }
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (Method::Get, ["healthz"]) => Response::json(200, json!({"status": "ok"})),
+        (Method::Get, ["readyz"]) => {
+            if shared.draining.load(Relaxed) {
+                Response::json(503, json!({"ready": false, "reason": "draining"}))
+            } else {
+                Response::json(200, json!({"ready": true}))
+            }
+        }
+        (Method::Get, ["metrics"]) => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: METRICS.render(),
+        },
+        (Method::Post, ["v1", "channels"]) => create(shared, body).await,
+        (Method::Get, ["v1", "channels", id]) => inspect(shared, id).await,
+        (Method::Delete, ["v1", "channels", id]) => delete(shared, id).await,
+        (_, ["healthz" | "readyz" | "metrics"]) | (_, ["v1", "channels", ..]) => Response::error(
+            405,
+            "method_not_allowed",
+            "method not allowed on this route",
+        ),
+        _ => Response::error(404, "not_found", "no such route"),
+    }
+}
+
+/// Reads an optional non-negative integer field within `[lo, hi]`.
+fn int_field(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    lo: u64,
+    hi: u64,
+) -> Result<Option<u64>, Response> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
+            Some(n) => Err(Response::error(
+                400,
+                "out_of_range",
+                format!("{name} must be between {lo} and {hi}, got {n}"),
+            )),
+            None => Err(Response::error(
+                400,
+                "invalid_field",
+                format!("{name} must be a non-negative integer"),
+            )),
+        },
+    }
+}
+
+async fn create(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    let cfg = &shared.config;
+    let (mut buffer_bytes, mut ttl_s) = (cfg.buffer_bytes as u64, cfg.ttl_s);
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return Response::error(400, "invalid_json", format!("invalid JSON: {e}")),
+        };
+        let Some(obj) = v.as_object() else {
+            return Response::error(400, "invalid_json", "body must be a JSON object");
+        };
+        match int_field(
+            obj,
+            "buffer_bytes",
+            MIN_BUFFER_BYTES as u64,
+            MAX_BUFFER_BYTES as u64,
+        ) {
+            Ok(Some(n)) => buffer_bytes = n,
+            Ok(None) => {}
+            Err(r) => return r,
+        }
+        match int_field(obj, "ttl_s", 1, MAX_TTL_S) {
+            Ok(Some(n)) => ttl_s = n,
+            Ok(None) => {}
+            Err(r) => return r,
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = new_access_key();
+    let owner = owner_of(&id, shared.peers.len());
+    let (tx, rx) = oneshot::channel();
+    let msg = ShardMsg::Create {
+        id: id.clone(),
+        key: key.clone(),
+        buffer_bytes: buffer_bytes as usize,
+        ttl: Duration::from_secs(ttl_s),
+        reply: tx,
+    };
+    if shared.peers[owner].send(msg).is_err() || rx.await.is_err() {
+        return Response::error(503, "unavailable", "shard unavailable");
+    }
+    let r = |dir: &str| json!({"channel_id": id, "access_key": key, "direction": dir});
+    Response::json(
+        201,
+        json!({
+            "channel_id": id,
+            "access_key": key,
+            "writer": r("write"),
+            "reader": r("read"),
+            "buffer_bytes": buffer_bytes,
+            "ttl_s": ttl_s,
+        }),
+    )
+}
+
+async fn inspect(shared: &Arc<Shared>, id: &str) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let owner = owner_of(id, shared.peers.len());
+    let msg = ShardMsg::Inspect {
+        id: id.to_string(),
+        reply: tx,
+    };
+    if shared.peers[owner].send(msg).is_err() {
+        return Response::error(503, "unavailable", "shard unavailable");
+    }
+    match rx.await {
+        Ok(Some(info)) => Response::json(200, serde_json::to_value(info).expect("serializable")),
+        Ok(None) => Response::error(404, "not_found", "no such channel"),
+        Err(_) => Response::error(503, "unavailable", "shard unavailable"),
+    }
+}
+
+async fn delete(shared: &Arc<Shared>, id: &str) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let owner = owner_of(id, shared.peers.len());
+    let msg = ShardMsg::Delete {
+        id: id.to_string(),
+        reply: tx,
+    };
+    if shared.peers[owner].send(msg).is_err() {
+        return Response::error(503, "unavailable", "shard unavailable");
+    }
+    match rx.await {
+        Ok(true) => Response::empty(204),
+        Ok(false) => Response::error(404, "not_found", "no such channel"),
+        Err(_) => Response::error(503, "unavailable", "shard unavailable"),
+    }
+}

@@ -1,0 +1,5 @@
+//! The control API (for the control engine): its HTTP server, routes and metrics.
+
+pub mod api;
+pub mod metrics;
+pub mod server;

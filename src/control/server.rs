@@ -1,0 +1,130 @@
+//! The control API's HTTP/1.1 server: keep-alive, `Content-Length` bodies, bounded heads
+//! and bodies. Runs on its own thread so control traffic never stalls a data shard.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::api::{handle, Response};
+use crate::channel::Shared;
+use crate::config::MAX_CONTROL_BODY_BYTES;
+use crate::ring::{self, Conn, Listener};
+use crate::wire::head::parse_request_head;
+use crate::wire::response::reason_phrase;
+
+/// Read size for control connections.
+const CONTROL_READ_BYTES: usize = 4096;
+
+/// Accepts control connections forever.
+pub async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener) {
+    let listener = Listener::from_std(listener);
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                ring::spawn(serve_conn(shared.clone(), Rc::new(conn)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn render(resp: &Response, close: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
+        resp.status,
+        reason_phrase(resp.status),
+        resp.content_type,
+        resp.body.len(),
+        if close { "close" } else { "keep-alive" }
+    )
+    .into_bytes();
+    out.extend_from_slice(resp.body.as_bytes());
+    out
+}
+
+fn error(status: u16, code: &str, msg: &str) -> Response {
+    Response {
+        status,
+        content_type: "application/json",
+        body: serde_json::json!({"error": {"code": code, "message": msg}}).to_string(),
+    }
+}
+
+async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
+    let max_head = shared.config.max_head_bytes;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Read until a full head is buffered.
+        let (head, head_len) = loop {
+            match parse_request_head(&buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) if buf.len() >= max_head => {
+                    let _ = conn
+                        .write_all(render(
+                            &error(431, "head_too_large", "request head too large"),
+                            true,
+                        ))
+                        .await;
+                    return;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    let _ = conn
+                        .write_all(render(
+                            &error(400, "bad_request", "malformed request"),
+                            true,
+                        ))
+                        .await;
+                    return;
+                }
+            }
+            if !read_more(&conn, &mut buf).await {
+                return;
+            }
+        };
+        let close = head.connection_close || head.minor_version == 0;
+        if head.chunked {
+            let r = error(411, "length_required", "send the body with content-length");
+            let _ = conn.write_all(render(&r, true)).await;
+            return;
+        }
+        let body_len = head.content_length.unwrap_or(0) as usize;
+        if body_len > MAX_CONTROL_BODY_BYTES {
+            let r = error(413, "body_too_large", "request body too large");
+            let _ = conn.write_all(render(&r, true)).await;
+            return;
+        }
+        while buf.len() < head_len + body_len {
+            if !read_more(&conn, &mut buf).await {
+                return;
+            }
+        }
+        let body: Vec<u8> = buf[head_len..head_len + body_len].to_vec();
+        buf.drain(..head_len + body_len);
+        let auth = head
+            .headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .map(|(_, v)| v.as_str());
+        let resp = handle(&shared, &head.method, &head.path, auth, &body).await;
+        if conn.write_all(render(&resp, close)).await.is_err() || close {
+            conn.shutdown();
+            return;
+        }
+    }
+}
+
+/// Appends one read to `buf`; false on EOF or error.
+async fn read_more(conn: &Conn, buf: &mut Vec<u8>) -> bool {
+    let tmp = vec![0u8; CONTROL_READ_BYTES];
+    let (res, tmp) = conn.read_into(tmp, 0..CONTROL_READ_BYTES).await;
+    match res {
+        Ok(n) if n > 0 => {
+            buf.extend_from_slice(&tmp[..n]);
+            true
+        }
+        _ => false,
+    }
+}

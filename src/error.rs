@@ -1,0 +1,188 @@
+//! The relay's failure vocabulary: why a request was refused before the upgrade, and why a
+//! channel ended. Each maps to its HTTP status or WebSocket close codes here and nowhere
+//! else, so what a peer sees is decided in one place.
+
+use crate::wire::frame::FrameError;
+
+/// A request refused before any upgrade (the answer is an HTTP status, never 101-then-close).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown channel, wrong key, or not a channel path — one answer, so keys can't be probed.
+    NotFound,
+    BadRequest(&'static str),
+    MethodNotAllowed,
+    /// That end of the channel is already taken.
+    Conflict,
+    /// Over the connection limit, or draining.
+    Unavailable(&'static str),
+    HeadTooLarge,
+    Timeout,
+    NotImplemented(&'static str),
+}
+
+impl Refusal {
+    /// HTTP status, machine-readable code and message.
+    pub fn status(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            Refusal::NotFound => (404, "not_found", "no such channel or wrong key"),
+            Refusal::BadRequest(m) => (400, "bad_request", m),
+            Refusal::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
+            Refusal::Conflict => (
+                409,
+                "conflict",
+                "that end of the channel is already connected",
+            ),
+            Refusal::Unavailable(m) => (503, "unavailable", m),
+            Refusal::HeadTooLarge => (431, "head_too_large", "request head too large"),
+            Refusal::Timeout => (408, "timeout", "request head not received in time"),
+            Refusal::NotImplemented(m) => (501, "not_implemented", m),
+        }
+    }
+
+    /// The full HTTP response.
+    pub fn response(&self) -> Vec<u8> {
+        let (status, code, msg) = self.status();
+        crate::wire::response::error_response(status, code, msg)
+    }
+}
+
+/// Which side of a channel a fault came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Writer,
+    Reader,
+    Internal,
+}
+
+/// How a channel's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The writer sent Close: everything it sent is delivered, then the reader gets 1000.
+    Clean,
+    /// The writer's TCP connection ended without a Close.
+    WriterDisconnected,
+    /// The writer broke the protocol (bad frame, frame too large).
+    WriterProtocol(FrameError),
+    /// The reader left (Close, EOF or reset) before the stream ended.
+    ReaderGone,
+    /// The reader broke the protocol.
+    ReaderProtocol(FrameError),
+    /// Deleted through the control API.
+    Aborted,
+    /// An end did not arrive within the channel's TTL.
+    PeerNeverConnected,
+    /// The relay is shutting down.
+    ShuttingDown,
+}
+
+impl StreamEnd {
+    pub fn side(self) -> Side {
+        match self {
+            StreamEnd::Clean | StreamEnd::WriterDisconnected | StreamEnd::WriterProtocol(_) => {
+                Side::Writer
+            }
+            StreamEnd::ReaderGone | StreamEnd::ReaderProtocol(_) => Side::Reader,
+            StreamEnd::Aborted | StreamEnd::PeerNeverConnected | StreamEnd::ShuttingDown => {
+                Side::Internal
+            }
+        }
+    }
+
+    /// Whether data already buffered is still delivered to the reader before its Close.
+    /// A writer that vanished still gets its bytes delivered (then 1011 makes the
+    /// truncation visible); aborts drop pending data.
+    pub fn delivers_pending(self) -> bool {
+        matches!(
+            self,
+            StreamEnd::Clean | StreamEnd::WriterDisconnected | StreamEnd::WriterProtocol(_)
+        )
+    }
+
+    /// The Close the reader gets.
+    pub fn reader_close(self) -> (u16, &'static str) {
+        match self {
+            StreamEnd::Clean => (1000, ""),
+            StreamEnd::WriterDisconnected => (1011, "writer disconnected"),
+            StreamEnd::WriterProtocol(_) => (1011, "writer protocol error"),
+            StreamEnd::ReaderGone => (1001, "reader gone"),
+            StreamEnd::ReaderProtocol(e) => (e.close_code(), e.reason()),
+            StreamEnd::Aborted => (1011, "channel aborted"),
+            StreamEnd::PeerNeverConnected => (1011, "peer never connected"),
+            StreamEnd::ShuttingDown => (1001, "relay shutting down"),
+        }
+    }
+
+    /// The Close the writer gets (it is only ever sent after the writer's own Close, or on
+    /// an abnormal end where its data can no longer be delivered).
+    pub fn writer_close(self) -> (u16, &'static str) {
+        match self {
+            StreamEnd::Clean => (1000, ""),
+            StreamEnd::WriterDisconnected => (1011, "writer disconnected"),
+            StreamEnd::WriterProtocol(e) => (e.close_code(), e.reason()),
+            StreamEnd::ReaderGone | StreamEnd::ReaderProtocol(_) => (1001, "reader gone"),
+            StreamEnd::Aborted => (1011, "channel aborted"),
+            StreamEnd::PeerNeverConnected => (1011, "peer never connected"),
+            StreamEnd::ShuttingDown => (1001, "relay shutting down"),
+        }
+    }
+
+    /// Label used in metrics (`chanrelay_channel_ends_total{reason=…}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamEnd::Clean => "clean",
+            StreamEnd::WriterDisconnected => "writer_disconnected",
+            StreamEnd::WriterProtocol(_) => "writer_protocol",
+            StreamEnd::ReaderGone => "reader_gone",
+            StreamEnd::ReaderProtocol(_) => "reader_protocol",
+            StreamEnd::Aborted => "aborted",
+            StreamEnd::PeerNeverConnected => "peer_never_connected",
+            StreamEnd::ShuttingDown => "shutting_down",
+        }
+    }
+
+    pub const ALL_LABELS: [&'static str; 8] = [
+        "clean",
+        "writer_disconnected",
+        "writer_protocol",
+        "reader_gone",
+        "reader_protocol",
+        "aborted",
+        "peer_never_connected",
+        "shutting_down",
+    ];
+
+    pub fn label_index(self) -> usize {
+        Self::ALL_LABELS
+            .iter()
+            .position(|l| *l == self.label())
+            .expect("label listed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_match_design() {
+        assert_eq!(StreamEnd::Clean.reader_close(), (1000, ""));
+        assert_eq!(
+            StreamEnd::WriterDisconnected.reader_close(),
+            (1011, "writer disconnected")
+        );
+        assert_eq!(StreamEnd::ReaderGone.writer_close(), (1001, "reader gone"));
+        assert_eq!(StreamEnd::Aborted.reader_close(), (1011, "channel aborted"));
+        assert_eq!(StreamEnd::Aborted.writer_close(), (1011, "channel aborted"));
+        assert_eq!(StreamEnd::PeerNeverConnected.reader_close().0, 1011);
+        assert_eq!(
+            StreamEnd::WriterProtocol(FrameError::TooLarge(1))
+                .writer_close()
+                .0,
+            1009
+        );
+        for e in [StreamEnd::Clean, StreamEnd::ShuttingDown] {
+            assert_eq!(StreamEnd::ALL_LABELS[e.label_index()], e.label());
+        }
+        assert_eq!(Refusal::Conflict.status().0, 409);
+    }
+}

@@ -1,0 +1,56 @@
+//! Listening sockets: one `SO_REUSEPORT` listener per shard on the same address, so the
+//! kernel spreads accepted connections across cores.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Backlog of each listener.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `count` listeners on `addr` with `SO_REUSEPORT`. With port 0 the first one picks
+/// the port and the others join it.
+pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nodelay(true)?;
+        s.bind(&addr.into())?;
+        s.listen(LISTEN_BACKLOG)?;
+        let l: std::net::TcpListener = s.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Binds one plain listener (the control API).
+pub fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    Ok(s.into())
+}
+
+/// Adopts a bound listener on the current thread's ring and accepts from it.
+pub struct Listener {
+    inner: tokio_uring::net::TcpListener,
+}
+
+impl Listener {
+    pub fn from_std(l: std::net::TcpListener) -> Listener {
+        Listener {
+            inner: tokio_uring::net::TcpListener::from_std(l),
+        }
+    }
+
+    pub async fn accept(&self) -> io::Result<(super::Conn, SocketAddr)> {
+        let (s, a) = self.inner.accept().await?;
+        Ok((super::Conn::new(s), a))
+    }
+}

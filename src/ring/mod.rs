@@ -1,0 +1,10 @@
+//! Everything io_uring: the per-core runtime, listeners, connections, and the fd handoff
+//! between shards. The only module allowed `unsafe`.
+
+mod conn;
+mod listener;
+mod runtime;
+
+pub use conn::Conn;
+pub use listener::{bind_one, bind_reuseport, Listener, LISTEN_BACKLOG};
+pub use runtime::{spawn, spawn_pinned, RING_ENTRIES};

@@ -1,0 +1,85 @@
+//! Process assembly: bind the listeners, start one shard per core and the control thread.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::channel::shard::run_shard;
+use crate::channel::Shared;
+use crate::config::Config;
+use crate::ring;
+
+/// A started relay.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+}
+
+/// Binds both listeners and starts every thread. Returns once they are bound.
+pub fn start(config: Config) -> std::io::Result<Running> {
+    let n = config.shard_count();
+    let listeners = ring::bind_reuseport(config.listen, n)?;
+    let data_addr = listeners[0].local_addr()?;
+    let control = ring::bind_one(config.control)?;
+    let control_addr = control.local_addr()?;
+    let mut inboxes = Vec::with_capacity(n);
+    let mut peers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::unbounded_channel();
+        peers.push(tx);
+        inboxes.push(rx);
+    }
+    let shared = Arc::new(Shared {
+        config,
+        draining: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        peers,
+    });
+    for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let shared = shared.clone();
+        ring::spawn_pinned(format!("chanrelay-shard-{i}"), Some(i), move || {
+            run_shard(i, shared, listener, inbox)
+        });
+    }
+    {
+        let shared = shared.clone();
+        ring::spawn_pinned("chanrelay-control".into(), None, move || {
+            crate::control::server::serve(shared, control)
+        });
+    }
+    Ok(Running {
+        data_addr,
+        control_addr,
+        shared,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn serve(config: Config) -> Result<(), String> {
+    let shards = config.shard_count();
+    let running = start(config).map_err(|e| format!("cannot start: {e}"))?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "chanrelay data listening on {}", running.data_addr);
+        let _ = writeln!(
+            out,
+            "chanrelay control listening on {}",
+            running.control_addr
+        );
+        let _ = out.flush();
+    }
+    tracing::info!(data = %running.data_addr, control = %running.control_addr, shards, "chanrelay started");
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping");
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The cut-through frame forwarder: walks client frames in a read buffer, unmasks data
+//! payloads in place, rewrites each header as a server header in the bytes directly in
+//! front of the payload (where the mask key was), and reports which byte ranges of the
+//! buffer are ready to send to the peer. Partial payloads are forwarded as they arrive;
+//! frames keep their boundaries, opcodes and FIN bits. No I/O, no clock.
+
+use std::ops::Range;
+
+use super::frame::{
+    parse_client_header, parse_close_payload, server_header_len, unmask, write_server_header,
+    FrameError, Opcode, MAX_CONTROL_PAYLOAD,
+};
+
+/// Most bytes an incomplete header or control frame can leave at the end of a buffer.
+pub const MAX_CARRY: usize = super::frame::MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Header,
+    Payload {
+        remaining: u64,
+        mask: [u8; 4],
+        offset: usize,
+    },
+}
+
+/// What one pass over a buffer produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Ranges of the buffer to send to the peer, in order (server headers + payloads).
+    pub segments: Vec<Range<usize>>,
+    /// Bytes processed; `buf[consumed..]` is an incomplete header or control frame that
+    /// must be placed at the start of the next read.
+    pub consumed: usize,
+    /// Data frames whose last byte is in this batch.
+    pub frames_completed: u32,
+    /// Payload bytes of data frames in this batch.
+    pub payload_bytes: u64,
+    /// True when the output ends exactly at a frame boundary (a control frame of our own
+    /// may be sent after it).
+    pub at_boundary: bool,
+    /// Payload of the most recent Ping (RFC 6455 §5.5.3: answering the latest is enough).
+    pub ping: Option<Vec<u8>>,
+    /// A Close frame was read: (code, reason). Nothing after it was processed.
+    pub close: Option<(u16, Vec<u8>)>,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        self.segments.clear();
+        self.consumed = 0;
+        self.frames_completed = 0;
+        self.payload_bytes = 0;
+        self.at_boundary = false;
+        self.ping = None;
+        self.close = None;
+    }
+
+    /// Total bytes in `segments`.
+    pub fn output_len(&self) -> usize {
+        self.segments.iter().map(|r| r.len()).sum()
+    }
+}
+
+/// Streaming state for one client connection.
+#[derive(Debug)]
+pub struct FrameForwarder {
+    max_payload: u64,
+    state: State,
+    /// Inside a fragmented data message (a non-FIN data frame was seen).
+    in_message: bool,
+}
+
+impl FrameForwarder {
+    pub fn new(max_payload: u64) -> Self {
+        FrameForwarder {
+            max_payload,
+            state: State::Header,
+            in_message: false,
+        }
+    }
+
+    /// True when no frame is partly read (a clean point to stop).
+    pub fn at_frame_boundary(&self) -> bool {
+        self.state == State::Header
+    }
+
+    /// Processes `buf` (freshly read bytes, preceded by any carried bytes) into `out`.
+    /// Stops after a Close frame. On error the connection must be closed with
+    /// `err.close_code()`.
+    pub fn process(&mut self, buf: &mut [u8], out: &mut Batch) -> Result<(), FrameError> {
+        out.clear();
+        let mut pos = 0usize;
+        let len = buf.len();
+        out.at_boundary = self.state == State::Header;
+        while pos < len {
+            match self.state {
+                State::Payload {
+                    remaining,
+                    mask,
+                    offset,
+                } => {
+                    let take = remaining.min((len - pos) as u64) as usize;
+                    unmask(&mut buf[pos..pos + take], mask, offset);
+                    push_segment(&mut out.segments, pos..pos + take);
+                    out.payload_bytes += take as u64;
+                    pos += take;
+                    let remaining = remaining - take as u64;
+                    if remaining == 0 {
+                        self.state = State::Header;
+                        out.frames_completed += 1;
+                        out.at_boundary = true;
+                    } else {
+                        self.state = State::Payload {
+                            remaining,
+                            mask,
+                            offset: offset + take,
+                        };
+                        out.at_boundary = false;
+                    }
+                }
+                State::Header => {
+                    let Some(h) = parse_client_header(&buf[pos..], self.max_payload)? else {
+                        break;
+                    };
+                    let mask = h.mask.expect("client headers are masked");
+                    if h.opcode.is_control() {
+                        let end = pos + h.header_len + h.payload_len as usize;
+                        if end > len {
+                            break; // whole control frame needed; carried to the next read
+                        }
+                        let payload = &mut buf[pos + h.header_len..end];
+                        unmask(payload, mask, 0);
+                        pos = end;
+                        match h.opcode {
+                            Opcode::Ping => out.ping = Some(payload.to_vec()),
+                            Opcode::Close => {
+                                let (code, reason) = parse_close_payload(payload)?;
+                                out.close = Some((code, reason.to_vec()));
+                                break;
+                            }
+                            _ => {} // unsolicited Pong: ignored
+                        }
+                        continue;
+                    }
+                    match (h.opcode, self.in_message) {
+                        (Opcode::Continuation, false) => return Err(FrameError::BadControlFrame),
+                        (Opcode::Text | Opcode::Binary, true) => {
+                            return Err(FrameError::BadControlFrame)
+                        }
+                        _ => {}
+                    }
+                    self.in_message = !h.fin;
+                    let out_hl = server_header_len(h.payload_len);
+                    let payload_start = pos + h.header_len;
+                    let header_start = payload_start - out_hl;
+                    write_server_header(
+                        &mut buf[header_start..payload_start],
+                        h.fin,
+                        h.opcode,
+                        h.payload_len,
+                    );
+                    push_segment(&mut out.segments, header_start..payload_start);
+                    pos = payload_start;
+                    if h.payload_len == 0 {
+                        out.frames_completed += 1;
+                        out.at_boundary = true;
+                    } else {
+                        out.at_boundary = false;
+                        self.state = State::Payload {
+                            remaining: h.payload_len,
+                            mask,
+                            offset: 0,
+                        };
+                    }
+                }
+            }
+        }
+        out.consumed = pos;
+        Ok(())
+    }
+}
+
+/// Appends a range, merging it with the previous one when they touch.
+fn push_segment(segments: &mut Vec<Range<usize>>, r: Range<usize>) {
+    if let Some(last) = segments.last_mut() {
+        if last.end == r.start {
+            last.end = r.end;
+            return;
+        }
+    }
+    segments.push(r);
+}
+
+/// Moves `segments` of `buf` together so they form one contiguous range, returned.
+/// Cheap when frames are large (one segment per buffer); copies small frames.
+pub fn compact(buf: &mut [u8], segments: &[Range<usize>]) -> Range<usize> {
+    let Some(first) = segments.first() else {
+        return 0..0;
+    };
+    let start = first.start;
+    let mut end = first.end;
+    for r in &segments[1..] {
+        buf.copy_within(r.clone(), end);
+        end += r.len();
+    }
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a masked client frame.
+    pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let n = payload.len();
+        if n < 126 {
+            f.push(0x80 | n as u8);
+        } else if n <= 65535 {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Feeds `input` split into reads of `chunk` bytes, returns the forwarded output.
+    fn run(input: &[u8], chunk: usize) -> (Vec<u8>, Option<(u16, Vec<u8>)>, u32) {
+        let mut fwd = FrameForwarder::new(1 << 30);
+        let mut out = Vec::new();
+        let mut carry: Vec<u8> = Vec::new();
+        let mut batch = Batch::default();
+        let mut frames = 0;
+        for piece in input.chunks(chunk) {
+            let mut buf = carry.clone();
+            buf.extend_from_slice(piece);
+            fwd.process(&mut buf, &mut batch).unwrap();
+            frames += batch.frames_completed;
+            let r = compact(&mut buf, &batch.segments);
+            out.extend_from_slice(&buf[r]);
+            carry = buf[batch.consumed..].to_vec();
+            if let Some(c) = batch.close.take() {
+                return (out, Some(c), frames);
+            }
+        }
+        (out, None, frames)
+    }
+
+    #[test]
+    fn forwards_frames_unchanged_at_any_split() {
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        let sizes = [0usize, 1, 125, 126, 65535, 65536, 3];
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|j| (i * 7 + j) as u8).collect();
+            let op = if i % 2 == 0 { 2 } else { 1 };
+            input.extend(client_frame(true, op, &payload, [1, 2, 3, (i as u8) + 4]));
+            expected.extend(crate::wire::frame::server_frame(
+                Opcode::from_u8(op).unwrap(),
+                &payload,
+            ));
+            // a ping between data frames is consumed, never forwarded
+            input.extend(client_frame(true, 9, b"p", [5, 5, 5, 5]));
+        }
+        input.extend(client_frame(true, 8, &1000u16.to_be_bytes(), [7, 7, 7, 7]));
+        for chunk in [1, 2, 3, 7, 13, 139, 1000, 65536, 1 << 20] {
+            let (out, close, frames) = run(&input, chunk);
+            assert_eq!(out, expected, "chunk {chunk}");
+            assert_eq!(close, Some((1000, vec![])));
+            assert_eq!(frames, sizes.len() as u32);
+        }
+    }
+
+    #[test]
+    fn fragmented_messages_keep_opcodes_and_fin() {
+        let mut input = client_frame(false, 1, b"he", [1, 1, 1, 1]);
+        input.extend(client_frame(true, 9, b"", [2, 2, 2, 2]));
+        input.extend(client_frame(false, 0, b"ll", [3, 3, 3, 3]));
+        input.extend(client_frame(true, 0, b"o", [4, 4, 4, 4]));
+        let (out, _, frames) = run(&input, 5);
+        let mut expected = vec![0x01, 2, b'h', b'e'];
+        expected.extend([0x00, 2, b'l', b'l', 0x80, 1, b'o']);
+        assert_eq!(out, expected);
+        assert_eq!(frames, 3);
+    }
+
+    #[test]
+    fn continuation_without_start_is_an_error() {
+        let mut fwd = FrameForwarder::new(100);
+        let mut b = Batch::default();
+        let mut f = client_frame(true, 0, b"x", [1, 2, 3, 4]);
+        assert!(fwd.process(&mut f, &mut b).is_err());
+        let mut fwd = FrameForwarder::new(100);
+        let mut f = client_frame(false, 2, b"x", [1, 2, 3, 4]);
+        f.extend(client_frame(true, 2, b"y", [1, 2, 3, 4]));
+        assert!(fwd.process(&mut f, &mut b).is_err());
+    }
+
+    #[test]
+    fn too_large_frame_is_1009() {
+        let mut fwd = FrameForwarder::new(10);
+        let mut b = Batch::default();
+        let mut f = client_frame(true, 2, &[0; 11], [1, 2, 3, 4]);
+        assert_eq!(fwd.process(&mut f, &mut b).unwrap_err().close_code(), 1009);
+    }
+}

@@ -1,0 +1,8 @@
+//! The protocol core: WebSocket frames, HTTP heads, routes. Pure functions on byte
+//! slices — no I/O, no clock — so everything here is deterministic and fuzzable.
+
+pub mod forward;
+pub mod frame;
+pub mod head;
+pub mod response;
+pub mod route;

@@ -1,0 +1,157 @@
+//! Data-plane request targets: `[prefix]/ws/channels/{id}?key=…&dir=read|write`.
+
+/// Which end of a channel a connection claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Read => "read",
+            Direction::Write => "write",
+        }
+    }
+}
+
+/// A parsed, validated channel target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelTarget {
+    pub channel_id: String,
+    pub key: String,
+    pub dir: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// The path is not a channel path (→ 404).
+    NotFound,
+    /// Missing or invalid `key` / `dir` (→ 400).
+    BadQuery(&'static str),
+}
+
+/// Longest channel id accepted.
+pub const MAX_CHANNEL_ID_LEN: usize = 128;
+
+/// Extracts the channel id from `path`, which must be `{prefix}/ws/channels/{id}`.
+pub fn channel_id_from_path<'a>(path: &'a str, prefix: &str) -> Result<&'a str, RouteError> {
+    let rest = path.strip_prefix(prefix).ok_or(RouteError::NotFound)?;
+    let id = rest
+        .strip_prefix("/ws/channels/")
+        .ok_or(RouteError::NotFound)?;
+    let valid = !id.is_empty()
+        && id.len() <= MAX_CHANNEL_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if valid {
+        Ok(id)
+    } else {
+        Err(RouteError::NotFound)
+    }
+}
+
+/// Parses `key` and `dir` from a query string; unknown parameters are ignored.
+pub fn parse_query(query: &str) -> Result<(String, Direction), RouteError> {
+    let mut key = None;
+    let mut dir = None;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "key" => {
+                key = Some(
+                    percent_decode(value).ok_or(RouteError::BadQuery("invalid key encoding"))?,
+                )
+            }
+            "dir" => {
+                dir = Some(match value {
+                    "read" => Direction::Read,
+                    "write" => Direction::Write,
+                    _ => return Err(RouteError::BadQuery("dir must be read or write")),
+                })
+            }
+            _ => {}
+        }
+    }
+    let key = key
+        .filter(|k| !k.is_empty())
+        .ok_or(RouteError::BadQuery("missing key"))?;
+    let dir = dir.ok_or(RouteError::BadQuery("missing dir"))?;
+    Ok((key, dir))
+}
+
+/// Parses a full target.
+pub fn parse_target(path: &str, query: &str, prefix: &str) -> Result<ChannelTarget, RouteError> {
+    let id = channel_id_from_path(path, prefix)?;
+    let (key, dir) = parse_query(query)?;
+    Ok(ChannelTarget {
+        channel_id: id.to_string(),
+        key,
+        dir,
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (as space). `None` on a bad escape or non-UTF-8 result.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                out.push(v);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = parse_target("/p/ws/channels/ab-1", "x=1&key=a%2Bb&dir=write", "/p").unwrap();
+        assert_eq!(t.channel_id, "ab-1");
+        assert_eq!(t.key, "a+b");
+        assert_eq!(t.dir, Direction::Write);
+        assert_eq!(
+            parse_target("/ws/channels/x", "key=k", ""),
+            Err(RouteError::BadQuery("missing dir"))
+        );
+        assert_eq!(
+            parse_target("/ws/channels/x", "dir=read", ""),
+            Err(RouteError::BadQuery("missing key"))
+        );
+        assert!(matches!(
+            parse_target("/ws/channels/x", "key=%zz&dir=read", ""),
+            Err(RouteError::BadQuery(_))
+        ));
+        assert_eq!(
+            parse_target("/ws/channels/../etc", "key=k&dir=read", ""),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            parse_target("/other", "key=k&dir=read", ""),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            parse_target("/ws/channels/", "key=k&dir=read", ""),
+            Err(RouteError::NotFound)
+        );
+    }
+}
