@@ -126,6 +126,18 @@ impl StreamEnd {
         }
     }
 
+    /// Status for an HTTP end (an upload's answer, or a download that never started).
+    pub fn http_status(self) -> u16 {
+        match self {
+            StreamEnd::Clean => 200,
+            StreamEnd::WriterDisconnected | StreamEnd::ReaderGone => 502,
+            StreamEnd::WriterProtocol(_) | StreamEnd::ReaderProtocol(_) => 400,
+            StreamEnd::Aborted => 410,
+            StreamEnd::PeerNeverConnected => 504,
+            StreamEnd::ShuttingDown => 503,
+        }
+    }
+
     /// Label used in metrics (`chanrelay_channel_ends_total{reason=…}`).
     pub fn label(self) -> &'static str {
         match self {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod http;
 pub mod ring;
 pub mod server;
 pub mod wire;

@@ -11,6 +11,7 @@ use super::channel::Slot;
 use super::shard::{owner_of, ConnGuard, Shard, ShardMsg};
 use crate::control::metrics::METRICS;
 use crate::error::Refusal;
+use crate::error::StreamEnd;
 use crate::ring::{self, Conn};
 use crate::wire::head::{parse_request_head, HeadError, Method, RequestHead};
 use crate::wire::response::switching_protocols;
@@ -79,8 +80,18 @@ async fn read_head(
     result
 }
 
+/// How a connection serves its channel end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    WebSocket,
+    /// `GET` without upgrade, `dir=read`: the stream as an HTTP response.
+    HttpRead,
+    /// `PUT`/`POST`, `dir=write`: the request body into the channel.
+    HttpWrite,
+}
+
 /// Decides what a request is for, before any channel lookup.
-fn route(shard: &Shard, head: &RequestHead) -> Result<ChannelTarget, Refusal> {
+fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Refusal> {
     let prefix = &shard.config().path_prefix;
     let target = match parse_target(&head.path, &head.query, prefix) {
         Ok(t) => t,
@@ -104,14 +115,10 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<ChannelTarget, Refusal> {
             if !key_ok {
                 return Err(Refusal::BadRequest("missing or invalid sec-websocket-key"));
             }
-            Ok(target)
+            Ok((target, Mode::WebSocket))
         }
-        (Method::Get, Direction::Read) => Err(Refusal::NotImplemented(
-            "reading a channel as an HTTP response is not available yet",
-        )),
-        (Method::Put | Method::Post, Direction::Write) => Err(Refusal::NotImplemented(
-            "writing a channel from an HTTP body is not available yet",
-        )),
+        (Method::Get, Direction::Read) => Ok((target, Mode::HttpRead)),
+        (Method::Put | Method::Post, Direction::Write) => Ok((target, Mode::HttpWrite)),
         (Method::Get, Direction::Write) => Err(Refusal::BadRequest(
             "a writer must upgrade to WebSocket or use PUT/POST",
         )),
@@ -133,25 +140,53 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
     let Some(guard) = ConnGuard::admit(&shard.shared) else {
         return refuse(conn, Refusal::Unavailable("connection limit reached")).await;
     };
-    let conn = Rc::new(conn);
-    let head = read_head(&shard, &conn).await;
-    let conn = Rc::try_unwrap(conn).unwrap_or_else(|_| unreachable!("watchdog holds a weak ref"));
-    let (head, leftover) = match head {
-        Ok(h) => h,
-        Err(Some(refusal)) => return refuse(conn, refusal).await,
-        Err(None) => return,
-    };
-    if shard.shared.draining.load(Relaxed) {
-        return refuse(conn, Refusal::Unavailable("relay is draining")).await;
+    serve_requests(shard, conn, guard).await
+}
+
+/// Reads request heads on `conn` and serves them; HTTP requests may keep the connection
+/// alive for the next one.
+async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
+    let mut conn = conn;
+    loop {
+        let conn_rc = Rc::new(conn);
+        let head = read_head(&shard, &conn_rc).await;
+        conn =
+            Rc::try_unwrap(conn_rc).unwrap_or_else(|_| unreachable!("watchdog holds a weak ref"));
+        let (head, leftover) = match head {
+            Ok(h) => h,
+            Err(Some(refusal)) => return refuse(conn, refusal).await,
+            Err(None) => return,
+        };
+        if shard.shared.draining.load(Relaxed) {
+            return refuse(conn, Refusal::Unavailable("relay is draining")).await;
+        }
+        let (target, mode) = match route(&shard, &head) {
+            Ok(t) => t,
+            Err(refusal) => return refuse(conn, refusal).await,
+        };
+        let owner = owner_of(&target.channel_id, shard.shard_count());
+        if owner != shard.index {
+            return hand_off(&shard, owner, conn, head, target, mode, leftover, guard);
+        }
+        match attach(&shard, conn, &head, &target, mode, leftover).await {
+            Some(c) => conn = c,
+            None => return,
+        }
     }
-    let target = match route(&shard, &head) {
-        Ok(t) => t,
-        Err(refusal) => return refuse(conn, refusal).await,
-    };
-    let owner = owner_of(&target.channel_id, shard.shard_count());
-    if owner == shard.index {
-        return attach(shard, conn, head, target, leftover, guard).await;
-    }
+}
+
+/// Sends a connection to the shard that owns its channel.
+#[allow(clippy::too_many_arguments)]
+fn hand_off(
+    shard: &Shard,
+    owner: usize,
+    conn: Conn,
+    head: RequestHead,
+    target: ChannelTarget,
+    mode: Mode,
+    leftover: Vec<u8>,
+    guard: ConnGuard,
+) {
     match conn.into_std() {
         Ok(std) => {
             METRICS.handoffs.fetch_add(1, Relaxed);
@@ -159,6 +194,7 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
                 conn: std,
                 head,
                 target,
+                mode,
                 leftover,
                 guard,
             };
@@ -170,23 +206,42 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
     }
 }
 
-/// On the owner shard: claims the channel end and starts forwarding.
-pub async fn attach(
+/// On the owner shard, for a handed-over connection: serve it, then any further requests.
+pub async fn serve_handoff(
     shard: Rc<Shard>,
     conn: Conn,
     head: RequestHead,
     target: ChannelTarget,
+    mode: Mode,
     leftover: Vec<u8>,
     guard: ConnGuard,
 ) {
+    if let Some(conn) = attach(&shard, conn, &head, &target, mode, leftover).await {
+        serve_requests(shard, conn, guard).await;
+    }
+}
+
+/// On the owner shard: claims the channel end and serves it. Returns the connection when
+/// it may serve another request (HTTP keep-alive).
+async fn attach(
+    shard: &Rc<Shard>,
+    conn: Conn,
+    head: &RequestHead,
+    target: &ChannelTarget,
+    mode: Mode,
+    leftover: Vec<u8>,
+) -> Option<Conn> {
     let Some(ch) = shard.lookup(&target.channel_id) else {
-        return refuse(conn, Refusal::NotFound).await;
+        refuse(conn, Refusal::NotFound).await;
+        return None;
     };
     if !bool::from(ch.key.as_bytes().ct_eq(target.key.as_bytes())) {
-        return refuse(conn, Refusal::NotFound).await;
+        refuse(conn, Refusal::NotFound).await;
+        return None;
     }
     if ch.slot(target.dir) != Slot::Waiting {
-        return refuse(conn, Refusal::Conflict).await;
+        refuse(conn, Refusal::Conflict).await;
+        return None;
     }
     // Claim the end before the first await so a second connection gets 409.
     ch.set_slot(target.dir, Slot::Connected);
@@ -198,18 +253,44 @@ pub async fn attach(
             Direction::Read => st.reader_conn = Some(conn.clone()),
         }
     }
-    let ws_key = head.ws_key.as_deref().unwrap_or_default();
-    if conn.write_all(switching_protocols(ws_key)).await.is_err() {
-        let end = match target.dir {
-            Direction::Write => crate::error::StreamEnd::WriterDisconnected,
-            Direction::Read => crate::error::StreamEnd::ReaderGone,
-        };
-        ch.finish(end);
+    tracing::debug!(channel = %ch.id, dir = target.dir.as_str(), ?mode, "end connected");
+    let reusable = match (mode, target.dir) {
+        (Mode::WebSocket, dir) => {
+            let ws_key = head.ws_key.as_deref().unwrap_or_default();
+            if conn.write_all(switching_protocols(ws_key)).await.is_err() {
+                ch.finish(match dir {
+                    Direction::Write => StreamEnd::WriterDisconnected,
+                    Direction::Read => StreamEnd::ReaderGone,
+                });
+            }
+            match dir {
+                Direction::Write => super::pump::run_writer(shard, &ch, &conn, leftover).await,
+                Direction::Read => super::pump::run_reader(shard, &ch, &conn, leftover).await,
+            }
+            false
+        }
+        (Mode::HttpRead, _) => {
+            crate::http::response::run_http_reader(shard, &ch, &conn, head).await
+        }
+        (Mode::HttpWrite, _) => {
+            crate::http::upload::run_http_writer(shard, &ch, &conn, head, leftover).await
+        }
+    };
+    {
+        let mut st = ch.state.borrow_mut();
+        match target.dir {
+            Direction::Write => st.writer_conn = None,
+            Direction::Read => st.reader_conn = None,
+        }
     }
-    tracing::debug!(channel = %ch.id, dir = target.dir.as_str(), "end connected");
-    match target.dir {
-        Direction::Write => super::pump::run_writer(shard, ch, conn, leftover, guard).await,
-        Direction::Read => super::pump::run_reader(shard, ch, conn, leftover, guard).await,
+    ch.set_slot(target.dir, Slot::Finished);
+    shard.end_finished(&ch);
+    let conn = Rc::try_unwrap(conn).ok()?;
+    if reusable {
+        Some(conn)
+    } else {
+        conn.shutdown();
+        None
     }
 }
 

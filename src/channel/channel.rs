@@ -14,10 +14,12 @@ use crate::error::StreamEnd;
 use crate::ring::Conn;
 use crate::wire::route::Direction;
 
-/// Forwarded bytes waiting for the reader: `buf[range]` is ready to send as is.
+/// Forwarded bytes waiting for the reader: one read buffer, unmasked, with the ranges a
+/// WebSocket reader sends (`segments`) and the frame pieces an HTTP reader renders.
 pub struct Chunk {
     pub buf: Vec<u8>,
-    pub range: std::ops::Range<usize>,
+    pub segments: Vec<std::ops::Range<usize>>,
+    pub pieces: Vec<crate::wire::forward::Piece>,
     /// The chunk ends exactly at a frame boundary.
     pub at_boundary: bool,
     /// Payload bytes and completed data frames in it (for counters).
@@ -145,6 +147,24 @@ impl Channel {
     pub fn both_finished(&self) -> bool {
         let st = self.state.borrow();
         st.writer == Slot::Finished && st.reader == Slot::Finished
+    }
+
+    /// Queues a chunk for the reader.
+    pub fn push_chunk(&self, chunk: Chunk) {
+        let mut st = self.state.borrow_mut();
+        st.held += chunk.buf.len();
+        st.queue.push_back(chunk);
+        drop(st);
+        self.reader_wake.notify_one();
+    }
+
+    /// A chunk of `cap` bytes was sent (or dropped): room for the writer.
+    pub fn release(&self, cap: usize) {
+        {
+            let mut st = self.state.borrow_mut();
+            st.held = st.held.saturating_sub(cap);
+        }
+        self.writer_wake.notify_one();
     }
 
     pub fn add_forwarded(&self, bytes: u64, frames: u64) {

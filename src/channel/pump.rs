@@ -5,24 +5,18 @@
 
 use std::rc::Rc;
 
-use super::channel::{Channel, Chunk, Slot};
-use super::shard::{ConnGuard, Shard};
+use super::channel::{Channel, Chunk};
+use super::shard::Shard;
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
 use crate::ring::{self, Conn};
 use crate::wire::forward::{compact, Batch, FrameForwarder};
+
 use crate::wire::frame::{close_frame, server_frame, Opcode};
-use crate::wire::route::Direction;
 
 /// Reads the writer socket until the stream ends. Nothing is ever sent to the writer
 /// before its Close, except pongs it asked for and the Close of an abnormal end.
-pub async fn run_writer(
-    shard: Rc<Shard>,
-    ch: Rc<Channel>,
-    conn: Rc<Conn>,
-    leftover: Vec<u8>,
-    _guard: ConnGuard,
-) {
+pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, leftover: Vec<u8>) {
     let max_frame = shard.config().max_frame_bytes;
     let read_size = shard.pool.read_size().min(ch.limit);
     let mut fwd = FrameForwarder::new(max_frame);
@@ -97,21 +91,17 @@ pub async fn run_writer(
                 break;
             }
         }
-        let range = compact(&mut buf, &batch.segments);
-        if range.is_empty() {
+        if batch.segments.is_empty() {
             shard.pool.put(buf);
         } else {
-            let mut st = ch.state.borrow_mut();
-            st.held += buf.len();
-            st.queue.push_back(Chunk {
+            ch.push_chunk(Chunk {
                 buf,
-                range,
+                segments: std::mem::take(&mut batch.segments),
+                pieces: std::mem::take(&mut batch.pieces),
                 at_boundary: batch.at_boundary,
                 payload_bytes: batch.payload_bytes,
                 frames: batch.frames_completed,
             });
-            drop(st);
-            ch.reader_wake.notify_one();
         }
         if batch.close.is_some() {
             // Everything before the Close is queued; the reader gets 1000 after it.
@@ -125,20 +115,17 @@ pub async fn run_writer(
     }
     // Close the writer's TCP at once (the Python SDK waits for the server to close first).
     conn.shutdown();
-    ch.state.borrow_mut().writer_conn = None;
-    ch.set_slot(Direction::Write, Slot::Finished);
-    shard.end_finished(&ch);
 }
 
 /// What the reader's sender does next.
-enum Next {
+pub enum Next {
     Send(Chunk),
     Pong(Vec<u8>),
     Close(StreamEnd),
     Wait,
 }
 
-fn next_for_reader(ch: &Channel, at_boundary: bool) -> Next {
+pub fn next_for_reader(ch: &Channel, at_boundary: bool) -> Next {
     let mut st = ch.state.borrow_mut();
     if let Some(end) = st.end {
         if !end.delivers_pending() {
@@ -160,13 +147,7 @@ fn next_for_reader(ch: &Channel, at_boundary: bool) -> Next {
 }
 
 /// Serves the reader: sends queued data, answers its pings, and ends with a Close.
-pub async fn run_reader(
-    shard: Rc<Shard>,
-    ch: Rc<Channel>,
-    conn: Rc<Conn>,
-    leftover: Vec<u8>,
-    _guard: ConnGuard,
-) {
+pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, leftover: Vec<u8>) {
     let listener = ring::spawn(read_from_reader(
         shard.clone(),
         ch.clone(),
@@ -186,15 +167,11 @@ pub async fn run_reader(
                     ch.finish(StreamEnd::ReaderGone);
                 }
             }
-            Next::Send(chunk) => {
-                let cap = chunk.buf.len();
-                let (res, buf) = conn.write_range(chunk.buf, chunk.range).await;
+            Next::Send(mut chunk) => {
+                let range = compact(&mut chunk.buf, &chunk.segments);
+                let (res, buf) = conn.write_range(chunk.buf, range).await;
+                ch.release(buf.len());
                 shard.pool.put(buf);
-                {
-                    let mut st = ch.state.borrow_mut();
-                    st.held = st.held.saturating_sub(cap);
-                }
-                ch.writer_wake.notify_one();
                 if res.is_err() {
                     ch.finish(StreamEnd::ReaderGone);
                     continue;
@@ -219,9 +196,6 @@ pub async fn run_reader(
     }
     conn.shutdown();
     let _ = listener.await;
-    ch.state.borrow_mut().reader_conn = None;
-    ch.set_slot(Direction::Read, Slot::Finished);
-    shard.end_finished(&ch);
 }
 
 /// Reads what the reader sends: pings (answered), its Close, or its disappearance.

@@ -77,6 +77,7 @@ pub enum ShardMsg {
         conn: std::net::TcpStream,
         head: RequestHead,
         target: ChannelTarget,
+        mode: super::accept::Mode,
         leftover: Vec<u8>,
         guard: ConnGuard,
     },
@@ -292,15 +293,17 @@ impl Shard {
                 conn,
                 head,
                 target,
+                mode,
                 leftover,
                 guard,
             } => {
                 let conn = Conn::from_std(conn);
-                ring::spawn(super::accept::attach(
+                ring::spawn(super::accept::serve_handoff(
                     self.clone(),
                     conn,
                     head,
                     target,
+                    mode,
                     leftover,
                     guard,
                 ));

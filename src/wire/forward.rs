@@ -21,14 +21,20 @@ enum State {
         remaining: u64,
         mask: [u8; 4],
         offset: usize,
+        opcode: Opcode,
+        fin: bool,
+        frame_len: u64,
     },
 }
 
 /// What one pass over a buffer produced.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Ranges of the buffer to send to the peer, in order (server headers + payloads).
+    /// Ranges of the buffer to send to a WebSocket peer, in order (server headers +
+    /// payloads; `compact` makes them contiguous).
     pub segments: Vec<Range<usize>>,
+    /// The same data frame by frame, for peers that frame it differently (HTTP bodies).
+    pub pieces: Vec<Piece>,
     /// Bytes processed; `buf[consumed..]` is an incomplete header or control frame that
     /// must be placed at the start of the next read.
     pub consumed: usize,
@@ -48,6 +54,7 @@ pub struct Batch {
 impl Batch {
     pub fn clear(&mut self) {
         self.segments.clear();
+        self.pieces.clear();
         self.consumed = 0;
         self.frames_completed = 0;
         self.payload_bytes = 0;
@@ -60,6 +67,24 @@ impl Batch {
     pub fn output_len(&self) -> usize {
         self.segments.iter().map(|r| r.len()).sum()
     }
+}
+
+/// The part of one data frame that lies in a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// The frame's opcode (`Continuation` for later fragments of a message).
+    pub opcode: Opcode,
+    pub fin: bool,
+    /// Payload length of the whole frame.
+    pub frame_len: u64,
+    /// The frame's payload bytes in this buffer (unmasked).
+    pub payload: Range<usize>,
+    /// The frame starts in this buffer: `gap_start..payload.start` held its client header
+    /// and is free for whatever header the peer's framing needs (at least 6 bytes).
+    pub starts: bool,
+    pub gap_start: usize,
+    /// The frame's last byte is in this buffer.
+    pub ends: bool,
 }
 
 /// Streaming state for one client connection.
@@ -99,13 +124,32 @@ impl FrameForwarder {
                     remaining,
                     mask,
                     offset,
+                    opcode,
+                    fin,
+                    frame_len,
                 } => {
                     let take = remaining.min((len - pos) as u64) as usize;
                     unmask(&mut buf[pos..pos + take], mask, offset);
                     push_segment(&mut out.segments, pos..pos + take);
+                    let remaining = remaining - take as u64;
+                    match out.pieces.last_mut() {
+                        // The header was in this buffer: extend that piece.
+                        Some(p) if p.payload.end == pos && !p.ends && p.starts => {
+                            p.payload.end = pos + take;
+                            p.ends = remaining == 0;
+                        }
+                        _ => out.pieces.push(Piece {
+                            opcode,
+                            fin,
+                            frame_len,
+                            payload: pos..pos + take,
+                            starts: false,
+                            gap_start: pos,
+                            ends: remaining == 0,
+                        }),
+                    }
                     out.payload_bytes += take as u64;
                     pos += take;
-                    let remaining = remaining - take as u64;
                     if remaining == 0 {
                         self.state = State::Header;
                         out.frames_completed += 1;
@@ -115,6 +159,9 @@ impl FrameForwarder {
                             remaining,
                             mask,
                             offset: offset + take,
+                            opcode,
+                            fin,
+                            frame_len,
                         };
                         out.at_boundary = false;
                     }
@@ -161,6 +208,15 @@ impl FrameForwarder {
                         h.payload_len,
                     );
                     push_segment(&mut out.segments, header_start..payload_start);
+                    out.pieces.push(Piece {
+                        opcode: h.opcode,
+                        fin: h.fin,
+                        frame_len: h.payload_len,
+                        payload: payload_start..payload_start,
+                        starts: true,
+                        gap_start: pos,
+                        ends: h.payload_len == 0,
+                    });
                     pos = payload_start;
                     if h.payload_len == 0 {
                         out.frames_completed += 1;
@@ -171,6 +227,9 @@ impl FrameForwarder {
                             remaining: h.payload_len,
                             mask,
                             offset: 0,
+                            opcode: h.opcode,
+                            fin: h.fin,
+                            frame_len: h.payload_len,
                         };
                     }
                 }

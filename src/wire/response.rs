@@ -14,7 +14,12 @@ pub fn switching_protocols(ws_key: &str) -> Vec<u8> {
 /// Reason phrase for the statuses the relay itself answers with.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
@@ -26,7 +31,11 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        410 => "Gone",
+        411 => "Length Required",
+        418 => "I'm a teapot",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Unknown",
@@ -50,6 +59,56 @@ pub fn json_response(status: u16, body: &str, close: bool) -> Vec<u8> {
     )
     .into_bytes();
     out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// How the body of a streamed response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyDelimit {
+    Chunked,
+    Length(u64),
+    /// HTTP/1.0 client without a length: the body ends when the connection closes.
+    Close,
+}
+
+/// The head of a channel streamed as an HTTP response. `headers` come from the writer's
+/// `set_headers` (already validated: no CR/LF, no hop-by-hop names, no content-length).
+pub fn streamed_head(
+    status: u16,
+    headers: &[(String, String)],
+    delimit: BodyDelimit,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).into_bytes();
+    let has = |n: &str| headers.iter().any(|(k, _)| k == n);
+    for (k, v) in headers {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    let is_sse = headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.trim_start().starts_with("text/event-stream"));
+    if is_sse {
+        // No proxy or client in between should buffer an event stream.
+        if !has("cache-control") {
+            out.extend_from_slice(b"cache-control: no-cache\r\n");
+        }
+        if !has("x-accel-buffering") {
+            out.extend_from_slice(b"x-accel-buffering: no\r\n");
+        }
+    }
+    match delimit {
+        BodyDelimit::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyDelimit::Length(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        BodyDelimit::Close => {}
+    }
+    let keep = keep_alive && delimit != BodyDelimit::Close;
+    out.extend_from_slice(if keep {
+        b"connection: keep-alive\r\n\r\n"
+    } else {
+        b"connection: close\r\n\r\n"
+    });
     out
 }
 

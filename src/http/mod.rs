@@ -1,0 +1,5 @@
+//! HTTP on the data plane: a channel read as an HTTP response, and an HTTP request body
+//! written into a channel. Same shard, same ring, same pump as WebSocket ends.
+
+pub mod response;
+pub mod upload;

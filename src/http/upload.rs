@@ -1,0 +1,205 @@
+//! An HTTP request body written into a channel (DESIGN §5.2): `PUT`/`POST …&dir=write` with
+//! `Content-Length` or a chunked body. The body is read straight into frame-sized buffers
+//! that leave room for the frame header in front, so `Content-Length` bodies are forwarded
+//! without a copy. The client gets `200 {"bytes": N}` once every byte is handed on.
+
+use std::rc::Rc;
+
+use crate::channel::channel::{Channel, Chunk};
+use crate::channel::Shard;
+use crate::error::StreamEnd;
+use crate::ring::Conn;
+use crate::wire::chunked::ChunkedDecoder;
+use crate::wire::forward::Piece;
+use crate::wire::frame::{server_header_len, write_server_header, Opcode, MAX_HEADER_LEN};
+use crate::wire::head::RequestHead;
+use crate::wire::response::{error_response, json_response};
+
+/// Largest frame a body is cut into (the Python SDK rejects frames over 1 MiB).
+pub const UPLOAD_FRAME_BYTES: usize = 64 << 10;
+/// Room left in front of each frame's payload for its header.
+const HEADROOM: usize = MAX_HEADER_LEN;
+
+/// A buffer for one frame of up to `len` payload bytes.
+fn frame_buf(len: usize) -> Vec<u8> {
+    vec![0u8; HEADROOM + len]
+}
+
+/// Turns `buf[HEADROOM..HEADROOM + n]` into one binary frame and queues it.
+fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
+    buf.truncate(HEADROOM + n);
+    let hl = server_header_len(n as u64);
+    write_server_header(
+        &mut buf[HEADROOM - hl..HEADROOM],
+        true,
+        Opcode::Binary,
+        n as u64,
+    );
+    ch.push_chunk(Chunk {
+        segments: vec![HEADROOM - hl..HEADROOM + n],
+        pieces: vec![Piece {
+            opcode: Opcode::Binary,
+            fin: true,
+            frame_len: n as u64,
+            payload: HEADROOM..HEADROOM + n,
+            starts: true,
+            gap_start: 0,
+            ends: true,
+        }],
+        at_boundary: true,
+        payload_bytes: n as u64,
+        frames: 1,
+        buf,
+    });
+}
+
+/// Waits until the channel has room for another frame, or has ended.
+async fn wait_for_room(ch: &Channel) {
+    loop {
+        let held = ch.state.borrow().held;
+        if ch.end().is_some() || held == 0 || held + HEADROOM + UPLOAD_FRAME_BYTES <= ch.limit {
+            return;
+        }
+        ch.writer_wake.notified().await;
+    }
+}
+
+/// Reads the body into the channel. Returns true when the connection may be reused.
+pub async fn run_http_writer(
+    _shard: &Shard,
+    ch: &Rc<Channel>,
+    conn: &Conn,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+) -> bool {
+    if head.expect_continue && leftover.is_empty() {
+        if conn
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await
+            .is_err()
+        {
+            ch.finish(StreamEnd::WriterDisconnected);
+            return false;
+        }
+    }
+    let body = if head.chunked {
+        read_chunked(ch, conn, leftover).await
+    } else {
+        read_length(ch, conn, leftover, head.content_length.unwrap_or(0)).await
+    };
+    let total = match body {
+        Ok(total) => total,
+        Err(end) => {
+            ch.finish(end);
+            let end = ch.end().unwrap_or(end);
+            if end != StreamEnd::WriterDisconnected {
+                let (_, reason) = end.writer_close();
+                let _ = conn
+                    .write_all(error_response(end.http_status(), end.label(), reason))
+                    .await;
+            }
+            return false;
+        }
+    };
+    ch.finish(StreamEnd::Clean);
+    // Answer once every byte is handed on to the reader (or the stream was cut).
+    loop {
+        let (drained, end) = {
+            let st = ch.state.borrow();
+            (st.queue.is_empty() && st.held == 0, st.end)
+        };
+        match end {
+            Some(StreamEnd::Clean) if drained => break,
+            Some(StreamEnd::Clean) | None => ch.writer_wake.notified().await,
+            Some(e) => {
+                let (_, reason) = e.writer_close();
+                let _ = conn
+                    .write_all(error_response(e.http_status(), e.label(), reason))
+                    .await;
+                return false;
+            }
+        }
+    }
+    let keep_alive = !head.connection_close && head.minor_version == 1;
+    let body = serde_json::json!({ "bytes": total }).to_string();
+    conn.write_all(json_response(200, &body, !keep_alive))
+        .await
+        .is_ok()
+        && keep_alive
+}
+
+/// A `Content-Length` body: each read lands behind a frame header's room and becomes one
+/// frame as it is.
+async fn read_length(
+    ch: &Channel,
+    conn: &Conn,
+    mut pending: Vec<u8>,
+    length: u64,
+) -> Result<u64, StreamEnd> {
+    let mut total = 0u64;
+    while total < length {
+        wait_for_room(ch).await;
+        if let Some(end) = ch.end() {
+            return Err(end);
+        }
+        let want = (length - total).min(UPLOAD_FRAME_BYTES as u64) as usize;
+        let mut buf = frame_buf(want);
+        let n = if !pending.is_empty() {
+            let n = want.min(pending.len());
+            buf[HEADROOM..HEADROOM + n].copy_from_slice(&pending[..n]);
+            pending.drain(..n);
+            n
+        } else {
+            let (res, b) = conn.read_into(buf, HEADROOM..HEADROOM + want).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) => return Err(ch.end().unwrap_or(StreamEnd::WriterDisconnected)),
+                Ok(n) => n,
+            }
+        };
+        queue_frame(ch, buf, n);
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// Read size for chunked bodies.
+const CHUNKED_READ_BYTES: usize = 64 << 10;
+
+/// A chunked body: decoded, and its data copied into frames of at most 64 KiB.
+async fn read_chunked(ch: &Channel, conn: &Conn, leftover: Vec<u8>) -> Result<u64, StreamEnd> {
+    let mut dec = ChunkedDecoder::default();
+    let mut raw = leftover;
+    let mut total = 0u64;
+    let mut data = Vec::new();
+    loop {
+        data.clear();
+        let used = dec
+            .decode(&raw, &mut data)
+            .map_err(|_| StreamEnd::WriterProtocol(crate::wire::frame::FrameError::BadLength))?;
+        for r in &data {
+            for piece in raw[r.clone()].chunks(UPLOAD_FRAME_BYTES) {
+                wait_for_room(ch).await;
+                if let Some(end) = ch.end() {
+                    return Err(end);
+                }
+                let mut buf = frame_buf(piece.len());
+                buf[HEADROOM..].copy_from_slice(piece);
+                queue_frame(ch, buf, piece.len());
+                total += piece.len() as u64;
+            }
+        }
+        raw.drain(..used);
+        if dec.is_done() {
+            return Ok(total);
+        }
+        let start = raw.len();
+        raw.resize(start + CHUNKED_READ_BYTES, 0);
+        let (res, b) = conn.read_into(raw, start..start + CHUNKED_READ_BYTES).await;
+        raw = b;
+        match res {
+            Ok(0) | Err(_) => return Err(ch.end().unwrap_or(StreamEnd::WriterDisconnected)),
+            Ok(n) => raw.truncate(start + n),
+        }
+    }
+}
