@@ -14,6 +14,11 @@ use crate::error::StreamEnd;
 use crate::ring::Conn;
 use crate::wire::route::Direction;
 
+/// Pongs owed to a reader that pings faster than it can be answered; past this, more
+/// pings go unanswered until the owed ones are sent (RFC 6455 §5.5.3 allows answering only
+/// the latest).
+pub const MAX_PENDING_PONGS: usize = 64;
+
 /// Forwarded bytes waiting for the reader: one read buffer, unmasked, with the ranges a
 /// WebSocket reader sends (`segments`) and the frame pieces an HTTP reader renders.
 pub struct Chunk {
@@ -44,10 +49,23 @@ pub struct ChannelState {
     /// by capacity: that is the memory it pins.
     pub held: usize,
     pub end: Option<StreamEnd>,
-    /// Payload of a Ping from the reader still to be answered.
-    pub reader_pong: Option<Vec<u8>>,
+    /// Pongs owed to the reader, as ready-to-send frames (at most `MAX_PENDING_PONGS`).
+    pub reader_pongs: Vec<u8>,
+    pub reader_pongs_count: usize,
     /// The relay has sent the reader its Close.
     pub reader_close_sent: bool,
+    /// The last chunk handed to the reader's sender ends at a frame boundary.
+    pub reader_at_boundary: bool,
+    /// The writer speaks WebSocket (not an HTTP upload).
+    pub writer_is_ws: bool,
+    /// The relay has sent (or is sending) the writer its Close.
+    pub writer_close_sent: bool,
+    /// The writer's loop is writing to the writer's socket (a Pong) right now.
+    pub writer_busy: bool,
+    /// The stream was cut short while the reader was in the middle of a frame whose end
+    /// has not been read from the writer yet: the writer's loop still forwards up to that
+    /// frame's end, so the reader can get a Close frame instead of a cut connection.
+    pub tail_pending: bool,
     pub writer_conn: Option<Rc<Conn>>,
     pub reader_conn: Option<Rc<Conn>>,
     pub bytes: u64,
@@ -84,8 +102,14 @@ impl Channel {
                 queue: VecDeque::new(),
                 held: 0,
                 end: None,
-                reader_pong: None,
+                reader_pongs: Vec::new(),
+                reader_pongs_count: 0,
                 reader_close_sent: false,
+                reader_at_boundary: true,
+                writer_is_ws: false,
+                writer_close_sent: false,
+                writer_busy: false,
+                tail_pending: false,
                 writer_conn: None,
                 reader_conn: None,
                 bytes: 0,
@@ -118,9 +142,13 @@ impl Channel {
         self.state.borrow().end
     }
 
-    /// Records how the stream ended (the first reason wins) and wakes both ends. Ends that
-    /// do not deliver pending data drop the queue at once, and a writer blocked in a read
-    /// is woken by shutting down its read side.
+    /// Records how the stream ended (the first reason wins) and wakes both ends.
+    ///
+    /// An end that does not deliver pending data drops the queue — except the rest of a frame
+    /// the reader is in the middle of, so the reader can still get a Close frame — and tells
+    /// a WebSocket writer with a Close of its own (sent from a separate task, since the
+    /// writer's loop may be parked in a read that must not be cancelled). The writer then
+    /// answers, which completes that read.
     pub fn finish(&self, end: StreamEnd) {
         let mut st = self.state.borrow_mut();
         match st.end {
@@ -132,10 +160,17 @@ impl Channel {
         }
         let end = st.end.expect("just set");
         if !end.delivers_pending() {
-            st.queue.clear();
-            st.held = 0;
-            if let Some(w) = &st.writer_conn {
-                w.shutdown_read();
+            let complete = trim_to_frame_end(&mut st);
+            st.tail_pending = !complete && st.writer_is_ws && st.writer_conn.is_some();
+            if let Some(w) = st.writer_conn.clone() {
+                if !st.writer_is_ws {
+                    // An HTTP upload: wake its read; it answers with an error status.
+                    w.shutdown_read();
+                } else if !st.writer_close_sent && !st.writer_busy {
+                    st.writer_close_sent = true;
+                    let (code, reason) = end.writer_close();
+                    crate::ring::spawn(send_close(w, code, reason));
+                }
             }
         }
         drop(st);
@@ -149,9 +184,12 @@ impl Channel {
         st.writer == Slot::Finished && st.reader == Slot::Finished
     }
 
-    /// Queues a chunk for the reader.
+    /// Queues a chunk for the reader (dropped if the stream was already cut short).
     pub fn push_chunk(&self, chunk: Chunk) {
         let mut st = self.state.borrow_mut();
+        if st.end.is_some_and(|e| !e.delivers_pending()) && !st.tail_pending {
+            return;
+        }
         st.held += chunk.buf.len();
         st.queue.push_back(chunk);
         drop(st);
@@ -174,4 +212,62 @@ impl Channel {
         METRICS.bytes_forwarded.fetch_add(bytes, Relaxed);
         METRICS.frames_forwarded.fetch_add(frames, Relaxed);
     }
+}
+
+impl Chunk {
+    /// Cuts the chunk after the first frame that ends in it; false if none does.
+    pub fn truncate_after_frame_end(&mut self) -> bool {
+        let Some(i) = self.pieces.iter().position(|p| p.ends) else {
+            return false;
+        };
+        let end = self.pieces[i].payload.end;
+        self.pieces.truncate(i + 1);
+        self.segments.retain(|r| r.start < end);
+        if let Some(last) = self.segments.last_mut() {
+            last.end = last.end.min(end);
+        }
+        self.payload_bytes = self.pieces.iter().map(|p| p.payload.len() as u64).sum();
+        self.frames = 1;
+        self.at_boundary = true;
+        true
+    }
+}
+
+/// Drops queued data, keeping only what completes the frame the reader is in the middle
+/// of. Returns false when that frame's end is not buffered (more must come from the writer).
+fn trim_to_frame_end(st: &mut ChannelState) -> bool {
+    let mut keep = 0;
+    let mut complete = st.reader_at_boundary;
+    if !complete {
+        for chunk in st.queue.iter_mut() {
+            keep += 1;
+            if chunk.truncate_after_frame_end() {
+                complete = true;
+                break;
+            }
+        }
+    }
+    let dropped: usize = st.queue.drain(keep..).map(|c| c.buf.len()).sum();
+    st.held = st.held.saturating_sub(dropped);
+    complete
+}
+
+/// Sends a WebSocket writer the Close of an abnormal end, and shuts its socket if it has
+/// not finished closing within `CLOSE_TIMEOUT` (a writer that never reads cannot block us).
+pub async fn send_close(conn: Rc<Conn>, code: u16, reason: &'static str) {
+    arm_close_timeout(&conn);
+    let _ = conn
+        .write_all(crate::wire::frame::close_frame(code, reason))
+        .await;
+}
+
+/// Shuts `conn` down after `CLOSE_TIMEOUT` unless it is gone by then.
+pub fn arm_close_timeout(conn: &Rc<Conn>) {
+    let weak = Rc::downgrade(conn);
+    crate::ring::spawn(async move {
+        tokio::time::sleep(crate::config::CLOSE_TIMEOUT).await;
+        if let Some(c) = weak.upgrade() {
+            c.shutdown();
+        }
+    });
 }

@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use super::channel::{Channel, Chunk};
+use super::channel::{arm_close_timeout, Channel, Chunk, MAX_PENDING_PONGS};
 use super::shard::Shard;
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
@@ -14,23 +14,66 @@ use crate::wire::forward::{compact, Batch, FrameForwarder};
 
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 
+/// How the writer's loop ended.
+enum WriterExit {
+    /// The writer sent Close: answer 1000 and close at once.
+    Clean,
+    /// The stream was ended elsewhere (reader gone, abort, TTL): the writer gets that
+    /// Close, then is read until it answers, so no unread data resets the connection
+    /// before it has read our Close. `answered`: its Close already arrived.
+    EndedElsewhere { answered: bool },
+    /// The writer broke the protocol.
+    Protocol(u16, &'static str),
+    /// The writer's connection is gone.
+    Gone,
+}
+
 /// Reads the writer socket until the stream ends. Nothing is ever sent to the writer
 /// before its Close, except pongs it asked for and the Close of an abnormal end.
-pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, leftover: Vec<u8>) {
-    let max_frame = shard.config().max_frame_bytes;
+pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Rc<Conn>, leftover: Vec<u8>) {
+    ch.state.borrow_mut().writer_is_ws = true;
+    let mut fwd = FrameForwarder::new(shard.config().max_frame_bytes);
+    let exit = writer_loop(shard, ch, conn, &mut fwd, leftover).await;
+    if std::mem::take(&mut ch.state.borrow_mut().tail_pending) {
+        ch.reader_wake.notify_one(); // the frame's end will not come
+    }
+    let (code, reason) = match exit {
+        WriterExit::Clean => (1000, ""),
+        WriterExit::Protocol(code, reason) => (code, reason),
+        WriterExit::EndedElsewhere { .. } => ch.end().map_or((1011, ""), |e| e.writer_close()),
+        WriterExit::Gone => {
+            conn.shutdown();
+            return;
+        }
+    };
+    let send = !std::mem::replace(&mut ch.state.borrow_mut().writer_close_sent, true);
+    if send {
+        arm_close_timeout(conn);
+        let _ = conn.write_all(close_frame(code, reason)).await;
+    }
+    if let WriterExit::EndedElsewhere { answered: false } = exit {
+        drain_until_close(conn, &mut fwd).await;
+    }
+    // Close the writer's TCP at once (the Python SDK waits for the server to close first).
+    conn.shutdown();
+}
+
+async fn writer_loop(
+    shard: &Shard,
+    ch: &Rc<Channel>,
+    conn: &Conn,
+    fwd: &mut FrameForwarder,
+    leftover: Vec<u8>,
+) -> WriterExit {
     let read_size = shard.pool.read_size().min(ch.limit);
-    let mut fwd = FrameForwarder::new(max_frame);
     let mut batch = Batch::default();
     let mut carry = leftover;
     // The handshake may have brought frames along: process them before the first read.
     let mut pending_input = !carry.is_empty();
     let mut small = true;
-    let mut reply: Option<(u16, &str)> = None;
     loop {
-        if let Some(end) = ch.end() {
-            // Ended from elsewhere (reader gone, abort, TTL, shutdown).
-            reply = Some(end.writer_close());
-            break;
+        if ch.end().is_some() && !ch.state.borrow().tail_pending {
+            return WriterExit::EndedElsewhere { answered: false };
         }
         let size = if small {
             SMALL_READ_BYTES.min(read_size)
@@ -40,8 +83,8 @@ pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, leftover: 
         let size = size.max(carry.len() + SMALL_READ_BYTES.min(read_size));
         // Backpressure: hold at most `limit` bytes; until there is room the writer's
         // socket is not read and TCP flow control throttles it.
-        if !pending_input && ch.state.borrow().held + size > ch.limit && ch.state.borrow().held > 0
-        {
+        let held = ch.state.borrow().held;
+        if !pending_input && held > 0 && held + size > ch.limit {
             ch.writer_wake.notified().await;
             continue;
         }
@@ -54,41 +97,68 @@ pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, leftover: 
             match res {
                 Ok(0) | Err(_) => {
                     shard.pool.put(buf);
-                    match ch.end() {
-                        Some(end) => reply = Some(end.writer_close()),
-                        None => ch.finish(StreamEnd::WriterDisconnected),
+                    if ch.end().is_none() {
+                        ch.finish(StreamEnd::WriterDisconnected);
                     }
-                    break;
+                    return WriterExit::Gone;
                 }
                 Ok(n) => {
                     small = n < SMALL_READ_BYTES / 2;
                     filled += n;
                 }
             }
-            if ch.end().is_some_and(|e| !e.delivers_pending()) {
-                shard.pool.put(buf);
-                continue; // the loop head sends the Close
-            }
         }
         pending_input = false;
         let result = fwd.process(&mut buf[..filled], &mut batch);
+        carry = buf[batch.consumed..filled].to_vec();
+        let cut_short = ch.end().is_some_and(|e| !e.delivers_pending());
         if let Err(e) = result {
             shard.pool.put(buf);
+            if cut_short {
+                return WriterExit::EndedElsewhere { answered: false };
+            }
             ch.finish(StreamEnd::WriterProtocol(e));
-            reply = Some((e.close_code(), e.reason()));
-            break;
+            return WriterExit::Protocol(e.close_code(), e.reason());
         }
-        carry = buf[batch.consumed..filled].to_vec();
-        if let Some(ping) = batch.ping.take() {
+        if cut_short {
+            // The stream was cut short while this read was in flight. Only the rest of a
+            // frame the reader is in the middle of still goes out.
+            let answered = batch.close.is_some();
+            if ch.state.borrow().tail_pending && !batch.segments.is_empty() {
+                let mut tail = Chunk {
+                    buf,
+                    segments: std::mem::take(&mut batch.segments),
+                    pieces: std::mem::take(&mut batch.pieces),
+                    at_boundary: batch.at_boundary,
+                    payload_bytes: batch.payload_bytes,
+                    frames: batch.frames_completed,
+                };
+                let done = tail.truncate_after_frame_end();
+                ch.push_chunk(tail);
+                if !done && !answered {
+                    continue; // keep reading until the frame ends
+                }
+                ch.state.borrow_mut().tail_pending = false;
+                ch.reader_wake.notify_one();
+            } else {
+                shard.pool.put(buf);
+            }
+            return WriterExit::EndedElsewhere { answered };
+        }
+        if !batch.pings.is_empty() {
             // The writer asked; answering is not an unsolicited frame.
-            if conn
-                .write_all(server_frame(Opcode::Pong, &ping))
-                .await
-                .is_err()
-            {
+            let pongs: Vec<u8> = batch
+                .pings
+                .drain(..)
+                .flat_map(|p| server_frame(Opcode::Pong, &p))
+                .collect();
+            ch.state.borrow_mut().writer_busy = true;
+            let res = conn.write_all(pongs).await;
+            ch.state.borrow_mut().writer_busy = false;
+            if res.is_err() {
                 shard.pool.put(buf);
                 ch.finish(StreamEnd::WriterDisconnected);
-                break;
+                return WriterExit::Gone;
             }
         }
         if batch.segments.is_empty() {
@@ -106,15 +176,32 @@ pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, leftover: 
         if batch.close.is_some() {
             // Everything before the Close is queued; the reader gets 1000 after it.
             ch.finish(StreamEnd::Clean);
-            reply = Some((1000, ""));
-            break;
+            return WriterExit::Clean;
         }
     }
-    if let Some((code, reason)) = reply {
-        let _ = conn.write_all(close_frame(code, reason)).await;
+}
+
+/// Reads and discards what a peer still sends until its Close (or EOF, or the close
+/// timeout shuts the socket).
+async fn drain_until_close(conn: &Conn, fwd: &mut FrameForwarder) {
+    let mut batch = Batch::default();
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let size = SMALL_READ_BYTES.max(carry.len() * 2);
+        let mut buf = vec![0u8; size];
+        buf[..carry.len()].copy_from_slice(&carry);
+        let filled = carry.len();
+        let (res, buf) = conn.read_into(buf, filled..size).await;
+        let n = match res {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut buf = buf;
+        if fwd.process(&mut buf[..filled + n], &mut batch).is_err() || batch.close.is_some() {
+            return;
+        }
+        carry = buf[batch.consumed..filled + n].to_vec();
     }
-    // Close the writer's TCP at once (the Python SDK waits for the server to close first).
-    conn.shutdown();
 }
 
 /// What the reader's sender does next.
@@ -127,20 +214,17 @@ pub enum Next {
 
 pub fn next_for_reader(ch: &Channel, at_boundary: bool) -> Next {
     let mut st = ch.state.borrow_mut();
-    if let Some(end) = st.end {
-        if !end.delivers_pending() {
-            return Next::Close(end);
-        }
-    }
-    if at_boundary {
-        if let Some(p) = st.reader_pong.take() {
-            return Next::Pong(p);
-        }
+    if at_boundary && !st.reader_pongs.is_empty() {
+        st.reader_pongs_count = 0;
+        return Next::Pong(std::mem::take(&mut st.reader_pongs));
     }
     if let Some(c) = st.queue.pop_front() {
+        st.reader_at_boundary = c.at_boundary;
         return Next::Send(c);
     }
     match st.end {
+        // The rest of the current frame is still coming from the writer.
+        Some(end) if st.tail_pending && !end.delivers_pending() => Next::Wait,
         Some(end) => Next::Close(end),
         None => Next::Wait,
     }
@@ -158,12 +242,8 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
     let end = loop {
         match next_for_reader(&ch, at_boundary) {
             Next::Wait => ch.reader_wake.notified().await,
-            Next::Pong(p) => {
-                if conn
-                    .write_all(server_frame(Opcode::Pong, &p))
-                    .await
-                    .is_err()
-                {
+            Next::Pong(frames) => {
+                if conn.write_all(frames).await.is_err() {
                     ch.finish(StreamEnd::ReaderGone);
                 }
             }
@@ -224,8 +304,15 @@ async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, lef
             break;
         }
         carry = buf[batch.consumed..filled].to_vec();
-        if let Some(p) = batch.ping.take() {
-            ch.state.borrow_mut().reader_pong = Some(p);
+        if !batch.pings.is_empty() {
+            let mut st = ch.state.borrow_mut();
+            for p in batch.pings.drain(..) {
+                if st.reader_pongs_count < MAX_PENDING_PONGS {
+                    st.reader_pongs.extend(server_frame(Opcode::Pong, &p));
+                    st.reader_pongs_count += 1;
+                }
+            }
+            drop(st);
             ch.reader_wake.notify_one();
         }
         if batch.close.is_some() {

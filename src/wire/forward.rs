@@ -45,8 +45,8 @@ pub struct Batch {
     /// True when the output ends exactly at a frame boundary (a control frame of our own
     /// may be sent after it).
     pub at_boundary: bool,
-    /// Payload of the most recent Ping (RFC 6455 §5.5.3: answering the latest is enough).
-    pub ping: Option<Vec<u8>>,
+    /// Payloads of the Pings read, in order (each gets its Pong).
+    pub pings: Vec<Vec<u8>>,
     /// A Close frame was read: (code, reason). Nothing after it was processed.
     pub close: Option<(u16, Vec<u8>)>,
 }
@@ -59,7 +59,7 @@ impl Batch {
         self.frames_completed = 0;
         self.payload_bytes = 0;
         self.at_boundary = false;
-        self.ping = None;
+        self.pings.clear();
         self.close = None;
     }
 
@@ -180,7 +180,7 @@ impl FrameForwarder {
                         unmask(payload, mask, 0);
                         pos = end;
                         match h.opcode {
-                            Opcode::Ping => out.ping = Some(payload.to_vec()),
+                            Opcode::Ping => out.pings.push(payload.to_vec()),
                             Opcode::Close => {
                                 let (code, reason) = parse_close_payload(payload)?;
                                 out.close = Some((code, reason.to_vec()));

@@ -1,0 +1,426 @@
+//! Channel data path: pairing in either order, byte-exact forwarding with frame
+//! boundaries and opcodes intact, pings, clean close.
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Writer side of a clean end: after our Close the relay replies Close and closes the TCP.
+fn writer_finish(w: &mut Ws, what: &str) {
+    w.send_close(1000, "");
+    let (code, _) = w.expect_close(what);
+    assert_eq!(code, 1000, "{what}: close reply code");
+    w.expect_eof(what);
+}
+
+#[test]
+fn reader_first_then_writer() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    std::thread::sleep(Duration::from_millis(50));
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(b"hello");
+    w.send_text("progress 50%");
+    w.send_binary(&[0u8, 255, 1, 254]);
+    let f = r.expect_frame("reader 1");
+    assert_eq!(
+        (f.fin, f.opcode, f.payload.as_slice()),
+        (true, OP_BINARY, &b"hello"[..]),
+        "{}",
+        f.describe()
+    );
+    let f = r.expect_frame("reader 2");
+    assert_eq!(
+        (f.fin, f.opcode, f.payload.as_slice()),
+        (true, OP_TEXT, &b"progress 50%"[..]),
+        "{}",
+        f.describe()
+    );
+    let f = r.expect_frame("reader 3");
+    assert_eq!(
+        (f.fin, f.opcode, f.payload.as_slice()),
+        (true, OP_BINARY, &[0u8, 255, 1, 254][..])
+    );
+
+    // While paired, the control API reports both ends and the traffic.
+    let st = relay.state(&ch.id);
+    assert_eq!(st["writer_connected"], true, "{st}");
+    assert_eq!(st["reader_connected"], true, "{st}");
+    assert!(st["frames_forwarded"].as_u64().unwrap() >= 3, "{st}");
+    assert!(st["bytes_forwarded"].as_u64().unwrap() >= 21, "{st}");
+
+    writer_finish(&mut w, "writer");
+    let (code, _) = r.expect_close("reader close");
+    assert_eq!(code, 1000);
+}
+
+#[test]
+fn writer_first_then_reader() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut w = relay.connect(&ch, "write");
+    w.send_text("early message");
+    w.send_binary(&random_bytes(3000));
+    let early = random_bytes(5000);
+    w.send_binary(&early);
+    std::thread::sleep(Duration::from_millis(100));
+    let st = relay.state(&ch.id);
+    assert_eq!(st["writer_connected"], true, "{st}");
+    assert_eq!(st["reader_connected"], false, "{st}");
+
+    let mut r = relay.connect(&ch, "read");
+    let f = r.expect_frame("r1");
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OP_TEXT, &b"early message"[..])
+    );
+    let f = r.expect_frame("r2");
+    assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, 3000));
+    let f = r.expect_frame("r3");
+    assert_eq!(f.payload, early);
+    // And after pairing.
+    w.send_binary(b"late");
+    let f = r.expect_frame("r4");
+    assert_eq!(f.payload, b"late");
+    writer_finish(&mut w, "writer");
+    assert_eq!(r.expect_close("reader").0, 1000);
+}
+
+#[test]
+fn writer_sends_100k_and_closes_before_reader_connects() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut w = relay.connect(&ch, "write");
+    let data = random_bytes(100_000);
+    // 100 kB in uneven frames, then Close right behind them in the same write.
+    let mut bytes = Vec::new();
+    let sizes = [1usize, 40_000, 9_999, 50_000];
+    let mut off = 0;
+    for s in sizes {
+        bytes.extend(frame(true, OP_BINARY, &data[off..off + s]));
+        off += s;
+    }
+    assert_eq!(off, data.len());
+    bytes.extend(frame(true, OP_CLOSE, &close_payload(1000, "done")));
+    w.write_raw(&bytes).unwrap();
+
+    // The writer is released at once, without waiting for a reader.
+    w.set_read_timeout(Duration::from_secs(5));
+    let (code, _) = w.expect_close("writer close reply (no reader yet)");
+    assert_eq!(code, 1000);
+    w.expect_eof("writer TCP closed by relay");
+
+    std::thread::sleep(Duration::from_millis(200));
+    let mut r = relay.connect(&ch, "read");
+    let (frames, code, _) = r.read_until_close("reader");
+    let got: Vec<usize> = frames.iter().map(|f| f.payload.len()).collect();
+    assert_eq!(got, sizes.to_vec(), "frame sizes");
+    let all: Vec<u8> = frames.into_iter().flat_map(|f| f.payload).collect();
+    assert!(all == data, "bytes differ");
+    assert_eq!(code, 1000);
+}
+
+#[test]
+fn ten_mib_in_64k_frames_with_messages_byte_exact() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    const N: usize = 160; // 160 × 64 KiB = 10 MiB
+    const SZ: usize = 64 * 1024;
+
+    let writer = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut out = Vec::with_capacity(4 * (SZ + 14));
+        let flush = |w: &mut Ws, out: &mut Vec<u8>| {
+            w.write_raw(out).expect("writer write");
+            out.clear();
+        };
+        out.extend(frame(true, OP_TEXT, b"{\"msg\":\"start\"}"));
+        for i in 0..N {
+            if i == N / 2 {
+                out.extend(frame(true, OP_TEXT, b"{\"msg\":\"middle\"}"));
+            }
+            let c = chunk(i, SZ);
+            h.update(c);
+            out.extend(frame(true, OP_BINARY, c));
+            if out.len() >= 3 * SZ {
+                flush(&mut w, &mut out);
+            }
+        }
+        out.extend(frame(true, OP_TEXT, b"{\"msg\":\"end\"}"));
+        flush(&mut w, &mut out);
+        w.send_close(1000, "");
+        // Nothing may arrive at the writer before the relay's Close reply.
+        let (code, _) = w.expect_close("writer");
+        assert_eq!(code, 1000);
+        w.expect_eof("writer");
+        h.finalize().to_vec()
+    });
+
+    let mut h = Sha256::new();
+    let mut seq = Vec::new(); // message positions relative to binary frames
+    let mut nbin = 0usize;
+    let mut total = 0usize;
+    loop {
+        let f = r.expect_frame("reader");
+        assert!(f.fin && f.rsv == 0, "{}", f.describe());
+        match f.opcode {
+            OP_BINARY => {
+                assert_eq!(
+                    f.payload.len(),
+                    SZ,
+                    "frame {nbin} size (boundaries must be preserved)"
+                );
+                h.update(&f.payload);
+                total += f.payload.len();
+                nbin += 1;
+            }
+            OP_TEXT => seq.push((nbin, String::from_utf8(f.payload).unwrap())),
+            OP_CLOSE => {
+                assert_eq!(f.close_code().0, 1000);
+                break;
+            }
+            op => panic!("unexpected opcode {op:#x}"),
+        }
+    }
+    let want = writer.join().expect("writer thread");
+    assert_eq!(nbin, N);
+    assert_eq!(total, N * SZ);
+    assert_eq!(h.finalize().to_vec(), want, "sha256 of the stream");
+    assert_eq!(
+        seq,
+        vec![
+            (0, "{\"msg\":\"start\"}".to_string()),
+            (N / 2, "{\"msg\":\"middle\"}".to_string()),
+            (N, "{\"msg\":\"end\"}".to_string())
+        ]
+    );
+}
+
+#[test]
+fn edge_frame_sizes_preserved() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    let sizes = [0usize, 1, 125, 126, 127, 65535, 65536, 65537, 0, 300_000];
+    let payloads: Vec<Vec<u8>> = sizes.iter().map(|&s| random_bytes(s)).collect();
+    let mut all = Vec::new();
+    for p in &payloads {
+        all.extend(frame(true, OP_BINARY, p));
+    }
+    // Empty text, and a text frame that is not valid UTF-8 (the relay is a pipe).
+    all.extend(frame(true, OP_TEXT, b""));
+    all.extend(frame(true, OP_TEXT, &[0xff, 0xfe, b'a', 0xc0]));
+    let wt = std::thread::spawn(move || {
+        w.write_raw(&all).unwrap();
+        w
+    });
+    for (i, p) in payloads.iter().enumerate() {
+        let f = r.expect_frame("reader");
+        assert_eq!(
+            (f.fin, f.opcode, f.payload.len()),
+            (true, OP_BINARY, p.len()),
+            "frame {i}"
+        );
+        assert!(&f.payload == p, "frame {i} content");
+    }
+    let f = r.expect_frame("empty text");
+    assert_eq!((f.opcode, f.payload.len()), (OP_TEXT, 0));
+    let f = r.expect_frame("bad utf8 text");
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OP_TEXT, &[0xff, 0xfe, b'a', 0xc0][..])
+    );
+    let mut w = wt.join().unwrap();
+    writer_finish(&mut w, "writer");
+    assert_eq!(r.expect_close("reader").0, 1000);
+}
+
+#[test]
+fn sixteen_mib_frame_passes_through_whole() {
+    // 16 MiB is the default max_frame_bytes: allowed, and bigger than the 4 MiB
+    // channel buffer, so the relay has to cut through.
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    const SZ: usize = 16 * 1024 * 1024;
+    let mut payload = Vec::with_capacity(SZ);
+    for i in 0..16 {
+        payload.extend_from_slice(chunk(i, 1024 * 1024));
+    }
+    let want = Sha256::digest(&payload).to_vec();
+    let wt = std::thread::spawn(move || {
+        let f = frame(true, OP_BINARY, &payload);
+        drop(payload);
+        w.write_raw(&f).expect("write 16 MiB frame");
+        w.send_binary(b"after");
+        writer_finish(&mut w, "writer");
+    });
+    let f = r.expect_frame("16 MiB frame");
+    assert_eq!((f.fin, f.opcode, f.payload.len()), (true, OP_BINARY, SZ));
+    assert_eq!(Sha256::digest(&f.payload).to_vec(), want);
+    let f = r.expect_frame("after");
+    assert_eq!(f.payload, b"after");
+    assert_eq!(r.expect_close("reader").0, 1000);
+    wt.join().unwrap();
+}
+
+#[test]
+fn fragmented_messages_with_ping_between_fragments() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    // Text message in three fragments, with a ping in the middle.
+    w.send(false, OP_TEXT, b"Hel");
+    w.send_ping(b"p1");
+    w.send(false, OP_CONT, b"lo ");
+    w.send(true, OP_CONT, b"world");
+    // Binary message in two fragments, ping between them too.
+    let big = random_bytes(70_000);
+    w.send(false, OP_BINARY, &big[..1000]);
+    w.send_ping(b"p2");
+    w.send(true, OP_CONT, &big[1000..]);
+
+    let expect = [
+        (false, OP_TEXT, b"Hel".to_vec()),
+        (false, OP_CONT, b"lo ".to_vec()),
+        (true, OP_CONT, b"world".to_vec()),
+        (false, OP_BINARY, big[..1000].to_vec()),
+        (true, OP_CONT, big[1000..].to_vec()),
+    ];
+    for (i, (fin, op, p)) in expect.iter().enumerate() {
+        let f = r.expect_frame("reader");
+        assert_eq!(
+            (f.fin, f.opcode),
+            (*fin, *op),
+            "fragment {i}: {}",
+            f.describe()
+        );
+        assert!(&f.payload == p, "fragment {i} payload");
+    }
+    // The writer's pings were answered by the relay.
+    let f = w.expect_frame("pong 1");
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OP_PONG, &b"p1"[..]),
+        "{}",
+        f.describe()
+    );
+    let f = w.expect_frame("pong 2");
+    assert_eq!(
+        (f.opcode, f.payload.as_slice()),
+        (OP_PONG, &b"p2"[..]),
+        "{}",
+        f.describe()
+    );
+    writer_finish(&mut w, "writer");
+    // No ping was forwarded: the next thing the reader sees is the Close.
+    let (code, _) = r.expect_close("reader (no forwarded ping)");
+    assert_eq!(code, 1000);
+}
+
+#[test]
+fn close_right_after_last_frame_200_channels() {
+    let relay = Relay::start();
+    for i in 0..200usize {
+        let ch = relay.create();
+        let reader_first = i % 2 == 0;
+        let mut r = if reader_first {
+            Some(relay.connect(&ch, "read"))
+        } else {
+            None
+        };
+        let mut w = relay.connect(&ch, "write");
+        let a = chunk(i, 1 + (i * 37) % 5000);
+        let b = chunk(i + 1, 20_000 + i);
+        // Data frames and the Close leave in a single write.
+        let mut bytes = frame(true, OP_BINARY, a);
+        bytes.extend(frame(true, OP_TEXT, format!("msg {i}").as_bytes()));
+        bytes.extend(frame(true, OP_BINARY, b));
+        bytes.extend(frame(true, OP_CLOSE, &close_payload(1000, "")));
+        w.write_raw(&bytes).unwrap();
+        let r = r.get_or_insert_with(|| relay.connect(&ch, "read"));
+        let (frames, code, reason) = r.read_until_close(&format!("channel {i} reader"));
+        assert_eq!(
+            frames.len(),
+            3,
+            "channel {i}: frames {:?}",
+            frames.iter().map(|f| f.describe()).collect::<Vec<_>>()
+        );
+        assert!(frames[0].payload == a, "channel {i}: frame 0");
+        assert_eq!(
+            frames[1].payload,
+            format!("msg {i}").as_bytes(),
+            "channel {i}: frame 1"
+        );
+        assert!(
+            frames[2].payload == b,
+            "channel {i}: frame 2 ({} bytes)",
+            frames[2].payload.len()
+        );
+        assert_eq!(code, 1000, "channel {i}: reader close code ({reason})");
+        let (wc, _) = w.expect_close(&format!("channel {i} writer close reply"));
+        assert_eq!(wc, 1000, "channel {i}");
+        w.expect_eof(&format!("channel {i} writer EOF"));
+    }
+}
+
+#[test]
+fn reader_pings_during_stream_get_pongs_and_lose_nothing() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    const N: usize = 96;
+    const SZ: usize = 64 * 1024;
+    // The writer holds back its last 8 frames (and its Close) until the reader
+    // has all its pongs, so the relay cannot legitimately close the reader early.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let wt = std::thread::spawn(move || {
+        for i in 0..N {
+            if i == N - 8 {
+                rx.recv_timeout(Duration::from_secs(20))
+                    .expect("reader never got its pongs");
+            }
+            w.send_binary(chunk(i, SZ));
+        }
+        writer_finish(&mut w, "writer");
+    });
+    let mut got = 0usize;
+    let mut pings_sent = 0usize;
+    let mut pongs = Vec::new();
+    let mut signalled = false;
+    loop {
+        let f = r.expect_frame("reader");
+        match f.opcode {
+            OP_BINARY => {
+                assert!(f.payload == chunk(got, SZ), "frame {got} content");
+                got += 1;
+                if got % 8 == 0 && got <= N - 16 {
+                    r.send_ping(format!("ping-{pings_sent}").as_bytes());
+                    pings_sent += 1;
+                }
+            }
+            OP_PONG => pongs.push(String::from_utf8(f.payload).unwrap()),
+            OP_CLOSE => {
+                assert_eq!(f.close_code().0, 1000);
+                break;
+            }
+            op => panic!("unexpected opcode {op:#x}: {}", f.describe()),
+        }
+        if !signalled && got >= N - 16 && pongs.len() == pings_sent {
+            tx.send(()).unwrap();
+            signalled = true;
+        }
+    }
+    wt.join().unwrap();
+    assert_eq!(got, N);
+    let want: Vec<String> = (0..pings_sent).map(|i| format!("ping-{i}")).collect();
+    assert_eq!(pongs, want, "pongs");
+}

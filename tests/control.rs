@@ -1,0 +1,273 @@
+//! Control API, metrics, and channels whose ends land on different shards.
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn assert_error_body(r: &HttpResponse, what: &str) {
+    let v: Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{what}: error body not JSON ({e}): {:?}", r.text()));
+    assert!(
+        v["error"]["code"].is_string(),
+        "{what}: error.code missing: {v}"
+    );
+    assert!(
+        v["error"]["message"].is_string(),
+        "{what}: error.message missing: {v}"
+    );
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == vec![8, 4, 4, 4, 12]
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[test]
+fn create_returns_refs_and_get_reports_state() {
+    let relay = Relay::start();
+    // No body at all.
+    let r = relay.control("POST", "/v1/channels", None);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    let id = v["channel_id"].as_str().expect("channel_id");
+    let key = v["access_key"].as_str().expect("access_key");
+    assert!(is_uuid(id), "channel_id {id:?} is not a UUID");
+    assert!(key.len() >= 22, "access_key {key:?} too short for 128 bits");
+    for (end, dir) in [("writer", "write"), ("reader", "read")] {
+        assert_eq!(v[end]["channel_id"], id, "{v}");
+        assert_eq!(v[end]["access_key"], key, "{v}");
+        assert_eq!(v[end]["direction"], dir, "{v}");
+    }
+    // Empty JSON object and explicit values.
+    let a = relay.create_with(Some("{}"));
+    let b = relay.create_with(Some(r#"{"buffer_bytes": 4096, "ttl_s": 60}"#));
+    assert_ne!(a.id, b.id);
+    assert_ne!(a.key, b.key);
+
+    let st = relay.state(id);
+    assert_eq!(st["channel_id"], id, "{st}");
+    assert_eq!(st["writer_connected"], false, "{st}");
+    assert_eq!(st["reader_connected"], false, "{st}");
+    for k in [
+        "bytes_forwarded",
+        "frames_forwarded",
+        "buffered_bytes",
+        "age_ms",
+    ] {
+        assert!(st[k].is_u64(), "{k} missing or not an integer: {st}");
+    }
+    assert_eq!(st["bytes_forwarded"], 0, "{st}");
+    // The state must not leak the key.
+    assert!(!st.to_string().contains(key), "GET leaks access_key: {st}");
+}
+
+#[test]
+fn bad_requests_are_400_with_json_error() {
+    let relay = Relay::start();
+    let cases = [
+        "{",
+        "not json",
+        "[1,2]",
+        r#"{"buffer_bytes": 100}"#,
+        r#"{"buffer_bytes": 4095}"#,
+        r#"{"buffer_bytes": -1}"#,
+        r#"{"buffer_bytes": "big"}"#,
+        r#"{"buffer_bytes": 1.5}"#,
+        r#"{"ttl_s": 0}"#,
+        r#"{"ttl_s": -5}"#,
+        r#"{"ttl_s": "soon"}"#,
+    ];
+    for body in cases {
+        let r = relay.control("POST", "/v1/channels", Some(body));
+        assert_eq!(r.status, 400, "POST {body:?}: {}", r.text());
+        assert_error_body(&r, body);
+    }
+}
+
+#[test]
+fn unknown_routes_and_channels_are_404_and_wrong_methods_405() {
+    let relay = Relay::start();
+    for (m, p) in [("GET", "/v1/nope"), ("GET", "/"), ("POST", "/v2/channels")] {
+        let r = relay.control(m, p, None);
+        assert_eq!(r.status, 404, "{m} {p}: {}", r.text());
+        assert_error_body(&r, p);
+    }
+    let unknown = "/v1/channels/0b0c4f0e-3a43-4a7c-9e55-0c2f4d6d8a11";
+    let r = relay.control("GET", unknown, None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_error_body(&r, "GET unknown channel");
+    assert_eq!(relay.control("DELETE", unknown, None).status, 404);
+    let r = relay.control("PUT", "/v1/channels", Some("{}"));
+    assert_eq!(r.status, 405, "PUT /v1/channels: {}", r.text());
+    assert_error_body(&r, "405");
+}
+
+#[test]
+fn control_token_is_required_when_configured() {
+    let mut relay = Relay::with_config("control_token = \"s3cret-token\"\n");
+    relay.token = None;
+    let r = relay.control("POST", "/v1/channels", None);
+    assert_eq!(r.status, 401, "no token: {}", r.text());
+    assert_error_body(&r, "401");
+    relay.token = Some("wrong".into());
+    assert_eq!(
+        relay.control("POST", "/v1/channels", None).status,
+        401,
+        "wrong token"
+    );
+    relay.token = Some("s3cret-token-and-more".into());
+    assert_eq!(
+        relay.control("POST", "/v1/channels", None).status,
+        401,
+        "token with suffix"
+    );
+    let r = http_request(
+        relay.control,
+        "POST",
+        "/v1/channels",
+        &[("Authorization", "Basic czNjcmV0LXRva2Vu")],
+        None,
+    );
+    assert_eq!(r.status, 401, "basic auth");
+    relay.token = Some("s3cret-token".into());
+    let ch = relay.create();
+    relay.token = None;
+    assert_eq!(
+        relay
+            .control("GET", &format!("/v1/channels/{}", ch.id), None)
+            .status,
+        401
+    );
+    assert_eq!(
+        relay
+            .control("DELETE", &format!("/v1/channels/{}", ch.id), None)
+            .status,
+        401
+    );
+    relay.token = Some("s3cret-token".into());
+    relay.state(&ch.id); // not deleted by the unauthorised DELETE
+                         // The data plane does not need the control token.
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(b"ok");
+    assert_eq!(r.expect_frame("reader").payload, b"ok");
+}
+
+#[test]
+fn health_ready_and_metrics() {
+    let relay = Relay::start();
+    assert_eq!(relay.control("GET", "/healthz", None).status, 200);
+    assert_eq!(relay.control("GET", "/readyz", None).status, 200);
+    let before = relay.metrics();
+    for name in [
+        "chanrelay_channels_active",
+        "chanrelay_connections_active",
+        "chanrelay_channels_created_total",
+        "chanrelay_bytes_forwarded_total",
+        "chanrelay_frames_forwarded_total",
+    ] {
+        assert!(
+            metric_sum(&before, name).is_some(),
+            "metric {name} missing from:\n{before}"
+        );
+    }
+    let created0 = metric_sum(&before, "chanrelay_channels_created_total").unwrap();
+    let bytes0 = metric_sum(&before, "chanrelay_bytes_forwarded_total").unwrap();
+    let frames0 = metric_sum(&before, "chanrelay_frames_forwarded_total").unwrap();
+
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(&random_bytes(10_000));
+    w.send_binary(&random_bytes(10_000));
+    r.expect_frame("1");
+    r.expect_frame("2");
+    let m = relay.metrics();
+    assert!(
+        metric_sum(&m, "chanrelay_channels_created_total").unwrap() >= created0 + 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "chanrelay_channels_active").unwrap() >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "chanrelay_connections_active").unwrap() >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "chanrelay_bytes_forwarded_total").unwrap() >= bytes0 + 20_000.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "chanrelay_frames_forwarded_total").unwrap() >= frames0 + 2.0,
+        "{m}"
+    );
+
+    w.send_close(1000, "");
+    assert_eq!(w.expect_close("writer").0, 1000);
+    assert_eq!(r.expect_close("reader").0, 1000);
+    drop((r, w));
+    let settled = wait_for(std::time::Duration::from_secs(3), || {
+        let m = relay.metrics();
+        (metric_sum(&m, "chanrelay_channels_active") == Some(0.0)
+            && metric_sum(&m, "chanrelay_connections_active") == Some(0.0))
+        .then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "gauges did not return to 0:\n{}",
+        relay.metrics()
+    );
+}
+
+#[test]
+fn ends_on_different_shards_meet() {
+    let relay = Relay::start(); // --shards 2
+    let chans: Vec<ChannelInfo> = (0..40).map(|_| relay.create()).collect();
+    // Connect every end first (SO_REUSEPORT spreads the 80 connections over both
+    // shards), alternating which end comes first.
+    let mut ends: Vec<(Ws, Ws)> = chans
+        .iter()
+        .enumerate()
+        .map(|(i, ch)| {
+            if i % 2 == 0 {
+                let r = relay.connect(ch, "read");
+                (relay.connect(ch, "write"), r)
+            } else {
+                let w = relay.connect(ch, "write");
+                (w, relay.connect(ch, "read"))
+            }
+        })
+        .collect();
+    for (i, (w, _)) in ends.iter_mut().enumerate() {
+        w.send_text(&format!("channel {i}"));
+        w.send_binary(chunk(i, 1000 + i * 100));
+        w.send_close(1000, "");
+    }
+    for (i, (w, r)) in ends.iter_mut().enumerate() {
+        let (frames, code, _) = r.read_until_close(&format!("channel {i} reader"));
+        assert_eq!(frames.len(), 2, "channel {i}");
+        assert_eq!(
+            frames[0].payload,
+            format!("channel {i}").as_bytes(),
+            "channel {i}"
+        );
+        assert!(
+            frames[1].payload == chunk(i, 1000 + i * 100),
+            "channel {i} binary"
+        );
+        assert_eq!(code, 1000, "channel {i}");
+        assert_eq!(w.expect_close(&format!("channel {i} writer")).0, 1000);
+    }
+    let m = relay.metrics();
+    let handoffs = metric_sum(&m, "chanrelay_handoffs_total")
+        .unwrap_or_else(|| panic!("chanrelay_handoffs_total missing:\n{m}"));
+    assert!(
+        handoffs > 0.0,
+        "80 connections on 2 shards and no handoff? {handoffs}\n{m}"
+    );
+}

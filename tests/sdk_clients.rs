@@ -1,0 +1,35 @@
+//! Runs the real iii SDK clients (Python `iii-sdk` from PyPI, Node `iii-sdk` from npm),
+//! unmodified, against the chanrelay binary: `tests/sdk/run.sh` (see tests/sdk/*.py/*.mjs).
+//!
+//! Needs `node`, `npm` and `python3`. On first run `run.sh` installs the pinned SDKs into
+//! tests/sdk/node_modules and tests/sdk/.venv (network needed once; CI does it in .ci/run).
+//! Set CHANRELAY_SKIP_SDK_TESTS=1 to skip (e.g. offline without the deps installed).
+
+use std::process::Command;
+
+#[test]
+fn real_iii_sdk_clients_against_relay() {
+    if std::env::var("CHANRELAY_SKIP_SDK_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipping: CHANRELAY_SKIP_SDK_TESTS=1");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg("tests/sdk/run.sh")
+        .current_dir(root)
+        .env("CHANRELAY_BIN", env!("CARGO_BIN_EXE_chanrelay"))
+        // test this binary, never a relay someone left running
+        .env_remove("CHANRELAY_WS")
+        .env_remove("CHANRELAY_CONTROL")
+        .output()
+        .expect("failed to run bash tests/sdk/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "tests/sdk/run.sh failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
