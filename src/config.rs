@@ -36,6 +36,8 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 256 << 10;
 pub const SMALL_READ_BYTES: usize = 4 << 10;
 /// Time a peer has to answer our Close before its socket is shut.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a function has to start answering a routed HTTP request (then `504`).
+pub const DEFAULT_INGRESS_TIMEOUT_MS: u64 = 30_000;
 /// Largest control-API request body.
 pub const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
 
@@ -55,6 +57,8 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
     pub path_prefix: String,
+    /// Time a function has to connect to a routed request's response channel.
+    pub ingress_timeout_ms: u64,
     /// When set, the control API requires `Authorization: Bearer <token>`.
     pub control_token: Option<String>,
 }
@@ -73,6 +77,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             path_prefix: String::new(),
+            ingress_timeout_ms: DEFAULT_INGRESS_TIMEOUT_MS,
             control_token: None,
         }
     }
@@ -131,6 +136,10 @@ impl Config {
             return Err("path_prefix must start with '/' and not end with '/'".into());
         }
         Ok(())
+    }
+
+    pub fn ingress_timeout(&self) -> Duration {
+        Duration::from_millis(self.ingress_timeout_ms)
     }
 
     pub fn handshake_timeout(&self) -> Duration {

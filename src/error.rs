@@ -7,8 +7,10 @@ use crate::wire::frame::FrameError;
 /// A request refused before any upgrade (the answer is an HTTP status, never 101-then-close).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// Unknown channel, wrong key, or not a channel path — one answer, so keys can't be probed.
+    /// Unknown channel or wrong key — one answer, so keys can't be probed.
     NotFound,
+    /// Neither a channel path nor a registered route.
+    NoRoute,
     BadRequest(&'static str),
     MethodNotAllowed,
     /// That end of the channel is already taken.
@@ -25,6 +27,7 @@ impl Refusal {
     pub fn status(&self) -> (u16, &'static str, &'static str) {
         match self {
             Refusal::NotFound => (404, "not_found", "no such channel or wrong key"),
+            Refusal::NoRoute => (404, "not_found", "no such route"),
             Refusal::BadRequest(m) => (400, "bad_request", m),
             Refusal::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
             Refusal::Conflict => (

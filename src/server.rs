@@ -38,6 +38,8 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         peers,
+        routes: Default::default(),
+        subscribers: Default::default(),
     });
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let shared = shared.clone();

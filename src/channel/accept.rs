@@ -90,12 +90,34 @@ pub enum Mode {
     HttpWrite,
 }
 
+/// A registered HTTP route matching a request that is not for a channel path.
+fn ingress_route(
+    shard: &Shard,
+    head: &RequestHead,
+) -> Option<(
+    crate::wire::ingress::IngressRoute,
+    std::collections::BTreeMap<String, String>,
+)> {
+    let prefix = &shard.config().path_prefix;
+    if crate::wire::route::channel_id_from_path(&head.path, prefix).is_ok()
+        || head.path.starts_with(&format!("{prefix}/ws/channels/"))
+    {
+        return None;
+    }
+    let routes = shard.shared.routes.read().expect("routes lock");
+    crate::wire::ingress::find_route(&routes, head.method.as_str(), &head.path)
+        .map(|(r, p)| (r.clone(), p))
+}
+
 /// Decides what a request is for, before any channel lookup.
 fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Refusal> {
     let prefix = &shard.config().path_prefix;
     let target = match parse_target(&head.path, &head.query, prefix) {
         Ok(t) => t,
-        Err(RouteError::NotFound) => return Err(Refusal::NotFound),
+        Err(RouteError::NotFound) if head.path.starts_with(&format!("{prefix}/ws/channels/")) => {
+            return Err(Refusal::NotFound)
+        }
+        Err(RouteError::NotFound) => return Err(Refusal::NoRoute),
         Err(RouteError::BadQuery(m)) => {
             return Err(match head.method {
                 Method::Get | Method::Put | Method::Post => Refusal::BadRequest(m),
@@ -159,6 +181,18 @@ async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
         };
         if shard.shared.draining.load(Relaxed) {
             return refuse(conn, Refusal::Unavailable("relay is draining")).await;
+        }
+        if let Some((r, params)) = ingress_route(&shard, &head) {
+            // Served here: its channels are created on this shard.
+            let served =
+                crate::http::ingress::serve_ingress(&shard, conn, head, r, params, leftover);
+            match served.await {
+                Some(c) => {
+                    conn = c;
+                    continue;
+                }
+                None => return,
+            }
         }
         let (target, mode) = match route(&shard, &head) {
             Ok(t) => t,

@@ -24,6 +24,10 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub connections: AtomicUsize,
     pub peers: Vec<mpsc::UnboundedSender<ShardMsg>>,
+    /// HTTP routes registered by the control engine (read once per unmatched request).
+    pub routes: std::sync::RwLock<Vec<crate::wire::ingress::IngressRoute>>,
+    /// Engines subscribed to the event stream.
+    pub subscribers: crate::http::ingress::Subscribers,
 }
 
 /// Counts a data-plane connection for as long as it lives (travels with a handoff).
@@ -180,6 +184,20 @@ impl Shard {
             tokio::time::sleep(ttl).await;
             shard.expire(&ch);
         });
+    }
+
+    /// Creates a channel owned by this shard (its id hashes here), for requests served
+    /// where they were accepted.
+    pub fn create_local(self: &Rc<Self>, buffer_bytes: usize, ttl: Duration) -> Rc<Channel> {
+        let id = loop {
+            let id = uuid::Uuid::new_v4().to_string();
+            if owner_of(&id, self.shard_count()) == self.index {
+                break id;
+            }
+        };
+        let key = crate::control::api::new_access_key();
+        self.create(id.clone(), key, buffer_bytes, ttl);
+        self.lookup(&id).expect("just created")
     }
 
     /// TTL reached: an end that never arrived ends the channel for the other.

@@ -52,6 +52,21 @@ pub fn new_access_key() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Whether the request carries the configured bearer token (always, when none is set).
+pub fn authorized(shared: &Shared, authorization: Option<&str>) -> bool {
+    match &shared.config.control_token {
+        None => true,
+        Some(token) => {
+            let expected = format!("Bearer {token}");
+            authorization.is_some_and(|a| bool::from(a.as_bytes().ct_eq(expected.as_bytes())))
+        }
+    }
+}
+
+pub fn unauthorized() -> Response {
+    Response::error(401, "unauthorized", "missing or wrong bearer token")
+}
+
 /// Serves one control request.
 pub async fn handle(
     shared: &Arc<Shared>,
@@ -60,12 +75,8 @@ pub async fn handle(
     authorization: Option<&str>,
     body: &[u8],
 ) -> Response {
-    if let Some(token) = &shared.config.control_token {
-        let expected = format!("Bearer {token}");
-        let ok = authorization.is_some_and(|a| bool::from(a.as_bytes().ct_eq(expected.as_bytes())));
-        if !ok {
-            return Response::error(401, "unauthorized", "missing or wrong bearer token");
-        }
+    if !authorized(shared, authorization) {
+        return unauthorized();
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
@@ -83,6 +94,15 @@ pub async fn handle(
             body: METRICS.render(),
         },
         (Method::Post, ["v1", "channels"]) => create(shared, body).await,
+        (Method::Put, ["v1", "routes"]) => put_routes(shared, body),
+        (Method::Get, ["v1", "routes"]) => {
+            let routes = shared.routes.read().expect("routes lock");
+            let specs: Vec<_> = routes.iter().map(|r| r.spec.clone()).collect();
+            Response::json(
+                200,
+                json!({ "routes": specs, "subscribers": shared.subscribers.count() }),
+            )
+        }
         (Method::Get, ["v1", "channels", id]) => inspect(shared, id).await,
         (Method::Delete, ["v1", "channels", id]) => delete(shared, id).await,
         (_, ["healthz" | "readyz" | "metrics"]) | (_, ["v1", "channels", ..]) => Response::error(
@@ -172,6 +192,34 @@ async fn create(shared: &Arc<Shared>, body: &[u8]) -> Response {
             "ttl_s": ttl_s,
         }),
     )
+}
+
+/// Replaces the route table with the engine's list.
+fn put_routes(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    use crate::wire::ingress::{IngressRoute, RouteSpec, MAX_ROUTES};
+    let specs: Vec<RouteSpec> = match serde_json::from_slice(body) {
+        Ok(s) => s,
+        Err(e) => {
+            return Response::error(
+                400,
+                "invalid_json",
+                format!("expected [{{\"method\",\"path\",\"route_id\"}}]: {e}"),
+            )
+        }
+    };
+    if specs.len() > MAX_ROUTES {
+        return Response::error(400, "out_of_range", format!("at most {MAX_ROUTES} routes"));
+    }
+    let mut routes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match IngressRoute::compile(spec) {
+            Ok(r) => routes.push(r),
+            Err(m) => return Response::error(400, "invalid_route", m),
+        }
+    }
+    let n = routes.len();
+    *shared.routes.write().expect("routes lock") = routes;
+    Response::json(200, json!({ "routes": n }))
 }
 
 async fn inspect(shared: &Arc<Shared>, id: &str) -> Response {

@@ -108,6 +108,16 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
             .iter()
             .find(|(n, _)| n == "authorization")
             .map(|(_, v)| v.as_str());
+        if head.path == "/v1/events" && head.upgrade_websocket {
+            if !super::api::authorized(&shared, auth) {
+                let _ = conn
+                    .write_all(render(&super::api::unauthorized(), true))
+                    .await;
+                return;
+            }
+            let leftover = buf;
+            return super::events::serve_events(shared, conn, head, leftover).await;
+        }
         let resp = handle(&shared, &head.method, &head.path, auth, &body).await;
         if conn.write_all(render(&resp, close)).await.is_err() || close {
             conn.shutdown();

@@ -72,22 +72,7 @@ pub async fn run_http_writer(
     head: &RequestHead,
     leftover: Vec<u8>,
 ) -> bool {
-    if head.expect_continue && leftover.is_empty() {
-        if conn
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
-            .await
-            .is_err()
-        {
-            ch.finish(StreamEnd::WriterDisconnected);
-            return false;
-        }
-    }
-    let body = if head.chunked {
-        read_chunked(ch, conn, leftover).await
-    } else {
-        read_length(ch, conn, leftover, head.content_length.unwrap_or(0)).await
-    };
-    let total = match body {
+    let total = match feed_body(ch, conn, head, leftover).await {
         Ok(total) => total,
         Err(end) => {
             ch.finish(end);
@@ -126,6 +111,27 @@ pub async fn run_http_writer(
         .await
         .is_ok()
         && keep_alive
+}
+
+/// Streams the request body into `ch` as binary frames (answering `Expect: 100-continue`
+/// first). Returns the body's length, or how the stream ended early.
+pub async fn feed_body(
+    ch: &Channel,
+    conn: &Conn,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+) -> Result<u64, StreamEnd> {
+    if head.expect_continue && leftover.is_empty() {
+        let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        if conn.write_all(cont).await.is_err() {
+            return Err(StreamEnd::WriterDisconnected);
+        }
+    }
+    if head.chunked {
+        read_chunked(ch, conn, leftover).await
+    } else {
+        read_length(ch, conn, leftover, head.content_length.unwrap_or(0)).await
+    }
 }
 
 /// A `Content-Length` body: each read lands behind a frame header's room and becomes one

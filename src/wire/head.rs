@@ -13,6 +13,18 @@ pub enum Method {
     Other(String),
 }
 
+impl Method {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+            Method::Other(m) => m,
+        }
+    }
+}
+
 /// The parts of a request head the relay acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {

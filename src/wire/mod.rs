@@ -6,5 +6,6 @@ pub mod control_msg;
 pub mod forward;
 pub mod frame;
 pub mod head;
+pub mod ingress;
 pub mod response;
 pub mod route;

@@ -1,0 +1,105 @@
+//! The event stream (`GET /v1/events`, a WebSocket on the control listener): the control
+//! engine subscribes here and receives one `http_request` event (a text frame) per public
+//! request that matched one of its routes.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::channel::Shared;
+use crate::http::ingress::Outgoing;
+use crate::ring::{self, Conn};
+use crate::wire::forward::{Batch, FrameForwarder};
+use crate::wire::frame::{close_frame, server_frame, Opcode};
+use crate::wire::head::RequestHead;
+use crate::wire::response::{error_response, switching_protocols};
+
+/// Largest frame accepted from a subscriber (it has no reason to send data).
+const MAX_SUBSCRIBER_FRAME: u64 = 64 << 10;
+/// Read size on a subscriber's socket.
+const EVENTS_READ_BYTES: usize = 4096;
+
+/// Upgrades the connection and streams events until the subscriber leaves.
+pub async fn serve_events(
+    shared: Arc<Shared>,
+    conn: Rc<Conn>,
+    head: RequestHead,
+    leftover: Vec<u8>,
+) {
+    let key_ok = head.ws_key.as_deref().is_some_and(|k| k.len() == 24);
+    if !head.connection_upgrade || head.ws_version.as_deref() != Some("13") || !key_ok {
+        let r = error_response(400, "bad_request", "malformed websocket upgrade");
+        let _ = conn.write_all(r).await;
+        return;
+    }
+    if conn
+        .write_all(switching_protocols(
+            head.ws_key.as_deref().unwrap_or_default(),
+        ))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let id = shared.subscribers.add(tx.clone());
+    tracing::info!(subscriber = id, "engine subscribed to events");
+    let listener = ring::spawn(read_subscriber(conn.clone(), tx, leftover));
+    while let Some(out) = rx.recv().await {
+        let bytes = match out {
+            Outgoing::Event(json) => server_frame(Opcode::Text, json.as_bytes()),
+            Outgoing::Pong(frames) => frames,
+            Outgoing::Close => {
+                let _ = conn.write_all(close_frame(1000, "")).await;
+                break;
+            }
+        };
+        if conn.write_all(bytes).await.is_err() {
+            break;
+        }
+    }
+    shared.subscribers.remove(id);
+    tracing::info!(subscriber = id, "engine unsubscribed");
+    conn.shutdown();
+    let _ = listener.await;
+}
+
+/// Reads the subscriber's frames: answers pings, ends on Close, EOF or garbage.
+async fn read_subscriber(conn: Rc<Conn>, tx: mpsc::UnboundedSender<Outgoing>, leftover: Vec<u8>) {
+    let mut fwd = FrameForwarder::new(MAX_SUBSCRIBER_FRAME);
+    let mut batch = Batch::default();
+    let mut carry = leftover;
+    let mut pending = !carry.is_empty();
+    loop {
+        let size = EVENTS_READ_BYTES.max(carry.len() * 2);
+        let mut buf = vec![0u8; size];
+        buf[..carry.len()].copy_from_slice(&carry);
+        let mut filled = carry.len();
+        if !pending {
+            let (res, b) = conn.read_into(buf, filled..size).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => filled += n,
+                _ => break,
+            }
+        }
+        pending = false;
+        if fwd.process(&mut buf[..filled], &mut batch).is_err() {
+            break;
+        }
+        carry = buf[batch.consumed..filled].to_vec();
+        if !batch.pings.is_empty() {
+            let frames = batch
+                .pings
+                .drain(..)
+                .flat_map(|p| server_frame(Opcode::Pong, &p))
+                .collect();
+            let _ = tx.send(Outgoing::Pong(frames));
+        }
+        if batch.close.is_some() {
+            break;
+        }
+    }
+    let _ = tx.send(Outgoing::Close);
+}
