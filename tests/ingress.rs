@@ -1,0 +1,190 @@
+//! HTTP endpoints for functions (DESIGN §5.3): routes registered on the control API, the
+//! engine's event stream, one request/response channel pair per public request.
+
+mod common;
+
+use std::io::Read;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn put_routes(relay: &Relay, routes: &str) -> HttpResponse {
+    relay.control("PUT", "/v1/routes", Some(routes))
+}
+
+/// Subscribes to the event stream like an engine would.
+fn subscribe(relay: &Relay) -> Ws {
+    let ws = ws_connect(relay.control, "/v1/events");
+    // Wait until the relay has registered the subscriber.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.control("GET", "/v1/routes", None).json()["subscribers"] != 1 {
+        assert!(Instant::now() < deadline, "subscriber never registered");
+        thread::sleep(Duration::from_millis(10));
+    }
+    ws
+}
+
+fn next_event(ev: &mut Ws) -> Value {
+    let f = ev.expect_frame("event");
+    assert_eq!(f.opcode, OP_TEXT, "{}", f.describe());
+    serde_json::from_slice(&f.payload).expect("event JSON")
+}
+
+fn connect_ref(relay: &Relay, r: &Value) -> Ws {
+    let path = ws_path(
+        r["channel_id"].as_str().unwrap(),
+        r["access_key"].as_str().unwrap(),
+        r["direction"].as_str().unwrap(),
+    );
+    ws_connect(relay.data, &path)
+}
+
+#[test]
+fn routed_request_reaches_the_function_and_its_answer_reaches_the_client() {
+    let relay = Relay::start();
+    let r = put_routes(
+        &relay,
+        r#"[{"method":"POST","path":"files/:filename","route_id":"upload"}]"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut ev = subscribe(&relay);
+    let body = random_body(200_000);
+    let data = relay.data;
+    let sent = body.clone();
+    let client = thread::spawn(move || {
+        http_request(
+            data,
+            "POST",
+            "/files/q%201.csv?x=1&y=two",
+            &[("X-Trace", "abc")],
+            Some(&sent),
+        )
+    });
+    let e = next_event(&mut ev);
+    assert_eq!(e["type"], "http_request");
+    assert_eq!(e["route_id"], "upload");
+    assert_eq!(e["method"], "POST");
+    assert_eq!(e["path"], "/files/q%201.csv");
+    assert_eq!(e["path_params"]["filename"], "q 1.csv");
+    assert_eq!(e["query_params"]["x"], "1");
+    assert_eq!(e["query_params"]["y"], "two");
+    assert_eq!(e["headers"]["x-trace"], "abc");
+    assert_eq!(e["request_body"]["direction"], "read");
+    assert_eq!(e["response"]["direction"], "write");
+    assert!(e["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // The function: read the request body, answer with status, headers and a body.
+    let mut rb = connect_ref(&relay, &e["request_body"]);
+    let mut got = Vec::new();
+    loop {
+        let f = rb.expect_frame("request body");
+        match f.opcode {
+            OP_BINARY | OP_CONT => got.extend_from_slice(&f.payload),
+            OP_CLOSE => {
+                assert_eq!(f.close_code().0, 1000);
+                break;
+            }
+            op => panic!("unexpected opcode {op}"),
+        }
+    }
+    assert!(got == body, "request body differs");
+    let mut resp = connect_ref(&relay, &e["response"]);
+    resp.send_text(r#"{"type":"set_status","status_code":202}"#);
+    resp.send_text(r#"{"type":"set_headers","headers":{"content-type":"text/plain","x-fn":"yes"}}"#);
+    resp.send_binary(b"stored ");
+    resp.send_binary(format!("{} bytes", got.len()).as_bytes());
+    resp.send_close(1000, "");
+    let answer = client.join().unwrap();
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.header("x-fn"), Some("yes"));
+    assert_eq!(answer.header("content-type"), Some("text/plain"));
+    assert_eq!(answer.text(), "stored 200000 bytes");
+}
+
+#[test]
+fn no_subscriber_is_503_unknown_route_is_404() {
+    let relay = Relay::start();
+    put_routes(&relay, r#"[{"method":"GET","path":"events/stream","route_id":"sse"}]"#);
+    let r = http_request(relay.data, "GET", "/events/stream", &[], None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let _ev = subscribe(&relay);
+    let r = http_request(relay.data, "GET", "/events/other", &[], None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = http_request(relay.data, "POST", "/events/stream", &[], None);
+    assert_eq!(r.status, 404, "method is part of the route");
+}
+
+#[test]
+fn function_that_never_answers_is_504() {
+    let relay = Relay::with_config("ingress_timeout_ms = 500\n");
+    put_routes(&relay, r#"[{"method":"GET","path":"slow","route_id":"slow"}]"#);
+    let mut ev = subscribe(&relay);
+    let start = Instant::now();
+    let data = relay.data;
+    let client = thread::spawn(move || http_request(data, "GET", "/slow", &[], None));
+    let e = next_event(&mut ev);
+    assert_eq!(e["route_id"], "slow");
+    let r = client.join().unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn streamed_answer_arrives_as_it_is_written() {
+    let relay = Relay::start();
+    put_routes(&relay, r#"[{"method":"GET","path":"tick","route_id":"tick"}]"#);
+    let mut ev = subscribe(&relay);
+    let mut s = tcp_connect(relay.data);
+    use std::io::Write;
+    s.write_all(b"GET /tick HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let e = next_event(&mut ev);
+    let mut w = connect_ref(&relay, &e["response"]);
+    w.send_text(r#"{"type":"set_headers","headers":{"content-type":"text/event-stream"}}"#);
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let event = format!("data: {i}\n\n");
+        w.send_binary(event.as_bytes());
+        // Each event is readable before the next one is written (no buffering).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while find(&seen, event.as_bytes()).is_none() {
+            assert!(Instant::now() < deadline, "event {i} not delivered");
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(text.contains("cache-control: no-cache"), "{text}");
+    w.send_close(1000, "");
+}
+
+#[test]
+fn bad_route_tables_are_refused() {
+    let relay = Relay::start();
+    for bad in [
+        "{",
+        r#"{"method":"GET"}"#,
+        r#"[{"method":"GET","path":"a/:","route_id":"x"}]"#,
+        r#"[{"method":"G T","path":"a","route_id":"x"}]"#,
+        r#"[{"method":"GET","path":"a","route_id":""}]"#,
+    ] {
+        let r = put_routes(&relay, bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(r.json()["error"]["code"].is_string());
+    }
+}
+
+fn random_body(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
