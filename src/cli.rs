@@ -22,6 +22,47 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay.
     Serve(ServeArgs),
+    /// Print a signed writer/reader ref pair (JSON) for a channel id of your choosing.
+    MintRef(MintRefArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MintRefArgs {
+    /// The relay's signing secret (its `signing_secret`)
+    #[arg(long, env = "CHANRELAY_SIGNING_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Channel id ([A-Za-z0-9_-], at most 128 bytes); a new UUID when omitted
+    #[arg(long)]
+    pub channel_id: Option<String>,
+    /// Seconds the ref stays valid
+    #[arg(long, default_value_t = 300)]
+    pub ttl: u64,
+}
+
+impl MintRefArgs {
+    /// The refs as a JSON line.
+    pub fn run(&self) -> Result<String, String> {
+        let id = self
+            .channel_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let valid =
+            crate::wire::route::channel_id_from_path(&format!("/ws/channels/{id}"), "").is_ok();
+        if !valid {
+            return Err(format!(
+                "invalid channel id {id:?}: use [A-Za-z0-9_-], at most 128 bytes"
+            ));
+        }
+        if self.ttl == 0 {
+            return Err("--ttl must be at least 1".into());
+        }
+        let refs = crate::mint_ref(
+            self.secret.as_bytes(),
+            &id,
+            std::time::Duration::from_secs(self.ttl),
+        );
+        serde_json::to_string(&refs).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(clap::Args, Debug)]

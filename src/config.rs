@@ -38,6 +38,10 @@ pub const SMALL_READ_BYTES: usize = 4 << 10;
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a function has to start answering a routed HTTP request (then `504`).
 pub const DEFAULT_INGRESS_TIMEOUT_MS: u64 = 30_000;
+/// Most time a drain waits for active channels to finish.
+pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
+/// Shortest signing secret accepted (bytes).
+pub const MIN_SIGNING_SECRET_BYTES: usize = 16;
 /// Largest control-API request body.
 pub const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
 
@@ -59,6 +63,11 @@ pub struct Config {
     pub path_prefix: String,
     /// Time a function has to connect to a routed request's response channel.
     pub ingress_timeout_ms: u64,
+    /// When set, signed access keys (`s1.…`) are accepted for channels the relay has never
+    /// heard of (see `chanrelay mint-ref`).
+    pub signing_secret: Option<String>,
+    /// Most time a drain (SIGTERM) waits for active channels before closing them with 1001.
+    pub drain_timeout_s: u64,
     /// When set, the control API requires `Authorization: Bearer <token>`.
     pub control_token: Option<String>,
 }
@@ -78,6 +87,8 @@ impl Default for Config {
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             path_prefix: String::new(),
             ingress_timeout_ms: DEFAULT_INGRESS_TIMEOUT_MS,
+            signing_secret: None,
+            drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             control_token: None,
         }
     }
@@ -130,6 +141,16 @@ impl Config {
             SMALL_READ_BYTES as u64,
             16 << 20,
         )?;
+        in_range("drain_timeout_s", self.drain_timeout_s, 0, 86_400)?;
+        if self
+            .signing_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SIGNING_SECRET_BYTES)
+        {
+            return Err(format!(
+                "signing_secret must be at least {MIN_SIGNING_SECRET_BYTES} bytes"
+            ));
+        }
         if !self.path_prefix.is_empty()
             && (!self.path_prefix.starts_with('/') || self.path_prefix.ends_with('/'))
         {

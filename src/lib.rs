@@ -14,3 +14,5 @@ pub mod http;
 pub mod ring;
 pub mod server;
 pub mod wire;
+
+pub use control::signing::{mint_ref, MintedRefs};

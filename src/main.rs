@@ -16,6 +16,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Serve(args) => args.to_config().and_then(chanrelay::server::serve),
+        Command::MintRef(args) => args.run().map(|json| println!("{json}")),
     };
     if let Err(e) = result {
         eprintln!("chanrelay: {e}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::channel::shard::run_shard;
-use crate::channel::Shared;
+use crate::channel::{ShardMsg, Shared};
 use crate::config::Config;
 use crate::ring;
 
@@ -81,7 +81,57 @@ pub fn serve(config: Config) -> Result<(), String> {
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
+        tracing::info!(signal = sig, "draining (a second signal exits at once)");
     }
+    drain(&running.shared, &mut signals);
     Ok(())
+}
+
+/// Graceful drain: no new channels (`503`, `/readyz` false); channels in use may finish
+/// until `drain_timeout_s`; then every channel still open is closed with 1001.
+fn drain(shared: &Arc<Shared>, signals: &mut signal_hook::iterator::Signals) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+    shared.draining.store(true, Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(shared.config.drain_timeout_s);
+    loop {
+        if signals.pending().next().is_some() {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        }
+        let busy = ask_shards(shared, |reply| ShardMsg::CountBusy { reply });
+        if busy == 0 {
+            tracing::info!("drained: no channel in use");
+            break;
+        }
+        if Instant::now() >= deadline {
+            let n = ask_shards(shared, |reply| ShardMsg::CloseAll { reply });
+            tracing::warn!(
+                channels = n,
+                "drain deadline reached: closing channels with 1001"
+            );
+            // Let the Close frames go out.
+            let until = Instant::now() + Duration::from_secs(2);
+            while shared.connections.load(Relaxed) > 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends every shard a question and adds up the answers.
+fn ask_shards(
+    shared: &Shared,
+    msg: impl Fn(tokio::sync::oneshot::Sender<usize>) -> ShardMsg,
+) -> usize {
+    let mut total = 0;
+    for peer in &shared.peers {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if peer.send(msg(tx)).is_ok() {
+            total += rx.blocking_recv().unwrap_or(0);
+        }
+    }
+    total
 }

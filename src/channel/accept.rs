@@ -179,10 +179,10 @@ async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
             Err(Some(refusal)) => return refuse(conn, refusal).await,
             Err(None) => return,
         };
-        if shard.shared.draining.load(Relaxed) {
-            return refuse(conn, Refusal::Unavailable("relay is draining")).await;
-        }
         if let Some((r, params)) = ingress_route(&shard, &head) {
+            if shard.shared.draining.load(Relaxed) {
+                return refuse(conn, Refusal::Unavailable("relay is draining")).await;
+            }
             // Served here: its channels are created on this shard.
             let served =
                 crate::http::ingress::serve_ingress(&shard, conn, head, r, params, leftover);
@@ -265,7 +265,10 @@ async fn attach(
     mode: Mode,
     leftover: Vec<u8>,
 ) -> Option<Conn> {
-    let Some(ch) = shard.lookup(&target.channel_id) else {
+    let found = shard
+        .lookup(&target.channel_id)
+        .or_else(|| shard.open_signed(&target.channel_id, &target.key));
+    let Some(ch) = found else {
         refuse(conn, Refusal::NotFound).await;
         return None;
     };
@@ -275,6 +278,12 @@ async fn attach(
     }
     if ch.slot(target.dir) != Slot::Waiting {
         refuse(conn, Refusal::Conflict).await;
+        return None;
+    }
+    // While draining, ends of channels already in use may still connect (refusing them
+    // would lose their data); a channel nobody has used yet is not started.
+    if shard.shared.draining.load(Relaxed) && !ch.is_busy() {
+        refuse(conn, Refusal::Unavailable("relay is draining")).await;
         return None;
     }
     // Claim the end before the first await so a second connection gets 409.

@@ -87,6 +87,9 @@ pub struct Channel {
     pub reader_done: Notify,
     /// Taken out of the registry (counted once).
     pub removed: Cell<bool>,
+    /// For a channel created from a signed ref: the ref's expiry (unix seconds). Until
+    /// then the id may not be created again.
+    pub signed_expiry: Cell<Option<u64>>,
 }
 
 impl Channel {
@@ -119,6 +122,7 @@ impl Channel {
             writer_wake: Notify::new(),
             reader_done: Notify::new(),
             removed: Cell::new(false),
+            signed_expiry: Cell::new(None),
         }
     }
 
@@ -176,6 +180,14 @@ impl Channel {
         drop(st);
         self.reader_wake.notify_one();
         self.writer_wake.notify_one();
+    }
+
+    /// Whether the channel is in use: an end is connected, or data waits for its reader.
+    pub fn is_busy(&self) -> bool {
+        let st = self.state.borrow();
+        st.writer == Slot::Connected
+            || st.reader == Slot::Connected
+            || (st.reader == Slot::Waiting && !st.queue.is_empty())
     }
 
     /// Whether both ends are done with the channel.

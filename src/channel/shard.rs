@@ -100,6 +100,10 @@ pub enum ShardMsg {
         id: String,
         reply: oneshot::Sender<bool>,
     },
+    /// How many channels still have an end connected or data waiting for its reader.
+    CountBusy { reply: oneshot::Sender<usize> },
+    /// End every channel now (drain deadline): both ends get Close 1001.
+    CloseAll { reply: oneshot::Sender<usize> },
 }
 
 /// The shard that owns `channel_id` (FNV-1a: stable across processes and hosts).
@@ -158,6 +162,9 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub channels: RefCell<HashMap<String, Rc<Channel>>>,
     pub pool: BufPool,
+    /// Ids of finished signed-ref channels, with their refs' expiry: a signed ref opens its
+    /// channel once, not again after it ended.
+    pub used_signed: RefCell<HashMap<String, u64>>,
 }
 
 impl Shard {
@@ -216,12 +223,42 @@ impl Shard {
         }
     }
 
+    /// The channel for a signed ref the relay has not seen: created at first connect when
+    /// the key verifies against the signing secret and the ref was not used before.
+    pub fn open_signed(self: &Rc<Self>, id: &str, key: &str) -> Option<Rc<Channel>> {
+        let secret = self.config().signing_secret.as_ref()?;
+        let expiry = crate::control::signing::verify_key(secret.as_bytes(), id, key)?;
+        if self.used_signed.borrow().contains_key(id) {
+            return None;
+        }
+        let cfg = self.config();
+        self.create(
+            id.to_string(),
+            key.to_string(),
+            cfg.buffer_bytes,
+            Duration::from_secs(cfg.ttl_s),
+        );
+        let ch = self.lookup(id)?;
+        ch.signed_expiry.set(Some(expiry));
+        Some(ch)
+    }
+
     /// Takes a channel out of the table (late arrivals get 404); counted once.
     pub fn remove(&self, ch: &Channel) {
         if ch.removed.replace(true) {
             return;
         }
         self.channels.borrow_mut().remove(&ch.id);
+        if let Some(expiry) = ch.signed_expiry.get() {
+            let mut used = self.used_signed.borrow_mut();
+            if used.len() >= 4096 {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                used.retain(|_, e| *e >= now);
+            }
+            used.insert(ch.id.clone(), expiry);
+        }
         METRICS.channels_active.fetch_sub(1, Relaxed);
         if let Some(end) = ch.end() {
             METRICS.count_end(end);
@@ -281,6 +318,7 @@ pub async fn run_shard(
         pool: BufPool::new(shared.config.read_buffer_bytes),
         shared,
         channels: RefCell::new(HashMap::new()),
+        used_signed: RefCell::new(HashMap::new()),
     });
     let listener = Listener::from_std(listener);
     let s = shard.clone();
@@ -341,6 +379,23 @@ impl Shard {
             }
             ShardMsg::Delete { id, reply } => {
                 let _ = reply.send(self.delete(&id));
+            }
+            ShardMsg::CountBusy { reply } => {
+                let n = self
+                    .channels
+                    .borrow()
+                    .values()
+                    .filter(|c| c.is_busy())
+                    .count();
+                let _ = reply.send(n);
+            }
+            ShardMsg::CloseAll { reply } => {
+                let all: Vec<_> = self.channels.borrow().values().cloned().collect();
+                for ch in &all {
+                    ch.finish(StreamEnd::ShuttingDown);
+                    self.remove(ch);
+                }
+                let _ = reply.send(all.len());
             }
         }
     }

@@ -140,6 +140,9 @@ fn int_field(
 }
 
 async fn create(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    if shared.draining.load(Relaxed) {
+        return Response::error(503, "draining", "the relay is draining: no new channels");
+    }
     let cfg = &shared.config;
     let (mut buffer_bytes, mut ttl_s) = (cfg.buffer_bytes as u64, cfg.ttl_s);
     if !body.iter().all(u8::is_ascii_whitespace) {

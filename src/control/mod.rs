@@ -4,3 +4,4 @@ pub mod api;
 pub mod events;
 pub mod metrics;
 pub mod server;
+pub mod signing;

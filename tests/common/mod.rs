@@ -52,6 +52,15 @@ impl Relay {
     }
 
     pub fn spawn(config: Option<&str>, shards: usize) -> Relay {
+        Relay::spawn_full(config, shards, &[])
+    }
+
+    /// Two shards, with extra environment variables for the relay process.
+    pub fn spawn_with_env(config: Option<&str>, env: &[(&str, &str)]) -> Relay {
+        Relay::spawn_full(config, 2, env)
+    }
+
+    pub fn spawn_full(config: Option<&str>, shards: usize, env: &[(&str, &str)]) -> Relay {
         let dir = std::env::temp_dir().join(format!(
             "chanrelay-test-{}-{}",
             std::process::id(),
@@ -75,6 +84,9 @@ impl Relay {
             let path = dir.join("config.toml");
             std::fs::write(&path, toml).expect("write config");
             cmd.arg("--config").arg(&path);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let log = File::create(dir.join("stderr.log")).expect("create log");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
@@ -131,6 +143,41 @@ impl Relay {
         let s = std::fs::read(self.dir.join("stderr.log")).unwrap_or_default();
         let start = s.len().saturating_sub(6000);
         String::from_utf8_lossy(&s[start..]).into_owned()
+    }
+
+    /// The relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the relay logged so far.
+    pub fn log_all(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.join("stderr.log")).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Sends the relay a signal (e.g. "TERM").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits up to `timeout` for the relay to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Is the process still running?

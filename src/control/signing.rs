@@ -1,0 +1,117 @@
+//! Signed refs (DESIGN §4): stateless access keys an engine can mint for a channel id of
+//! its choosing, so many relay hosts can serve one engine without a shared registry.
+//!
+//! Key format: `s1.<expiry_unix>.<base64url(HMAC-SHA256(secret, channel_id "." expiry))>`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Prefix that marks a signed access key.
+pub const SIGNED_KEY_PREFIX: &str = "s1.";
+
+fn signature(secret: &[u8], channel_id: &str, expiry: u64) -> Vec<u8> {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(channel_id.as_bytes());
+    mac.update(b".");
+    mac.update(expiry.to_string().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Mints an access key for `channel_id` valid for `ttl` from now.
+pub fn mint_key(secret: &[u8], channel_id: &str, ttl: Duration) -> String {
+    let expiry = now_unix() + ttl.as_secs();
+    let sig = URL_SAFE_NO_PAD.encode(signature(secret, channel_id, expiry));
+    format!("{SIGNED_KEY_PREFIX}{expiry}.{sig}")
+}
+
+/// A signed ref pair, shaped like the control API's create result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MintedRefs {
+    pub channel_id: String,
+    pub access_key: String,
+    pub writer: serde_json::Value,
+    pub reader: serde_json::Value,
+    pub expires_at: u64,
+}
+
+/// Mints the writer and reader refs for `channel_id`, valid for `ttl`.
+///
+/// ```
+/// let refs = chanrelay::mint_ref(b"secret", "job-42", std::time::Duration::from_secs(60));
+/// assert_eq!(refs.writer["direction"], "write");
+/// assert!(refs.access_key.starts_with("s1."));
+/// ```
+pub fn mint_ref(secret: &[u8], channel_id: &str, ttl: Duration) -> MintedRefs {
+    let key = mint_key(secret, channel_id, ttl);
+    let expires_at = key[SIGNED_KEY_PREFIX.len()..]
+        .split('.')
+        .next()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let r = |dir: &str| serde_json::json!({"channel_id": channel_id, "access_key": key, "direction": dir});
+    MintedRefs {
+        channel_id: channel_id.to_string(),
+        writer: r("write"),
+        reader: r("read"),
+        access_key: key,
+        expires_at,
+    }
+}
+
+/// Checks a signed key for `channel_id`; returns its expiry (unix seconds) when valid and
+/// not expired. The signature is compared in constant time.
+pub fn verify_key(secret: &[u8], channel_id: &str, key: &str) -> Option<u64> {
+    let rest = key.strip_prefix(SIGNED_KEY_PREFIX)?;
+    let (expiry, sig) = rest.split_once('.')?;
+    let expiry: u64 = expiry.parse().ok()?;
+    if expiry < now_unix() {
+        return None;
+    }
+    let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(channel_id.as_bytes());
+    mac.update(b".");
+    mac.update(expiry.to_string().as_bytes());
+    mac.verify_slice(&sig).ok()?;
+    Some(expiry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_keys_verify_only_for_their_channel_and_secret() {
+        let key = mint_key(b"s3cret", "chan-1", Duration::from_secs(60));
+        assert!(verify_key(b"s3cret", "chan-1", &key).is_some());
+        assert!(verify_key(b"s3cret", "chan-2", &key).is_none());
+        assert!(verify_key(b"other", "chan-1", &key).is_none());
+        let mut tampered = key.clone();
+        tampered.pop();
+        assert!(verify_key(b"s3cret", "chan-1", &tampered).is_none());
+        // An expiry moved into the future breaks the signature.
+        let (_, sig) = key[3..].split_once('.').unwrap();
+        let forged = format!("s1.{}.{sig}", now_unix() + 10_000);
+        assert!(verify_key(b"s3cret", "chan-1", &forged).is_none());
+        assert!(verify_key(b"s3cret", "chan-1", "plain-key").is_none());
+    }
+
+    #[test]
+    fn expired_keys_are_refused() {
+        let expiry = now_unix() - 1;
+        let sig = URL_SAFE_NO_PAD.encode(signature(b"k", "c", expiry));
+        assert!(verify_key(b"k", "c", &format!("s1.{expiry}.{sig}")).is_none());
+    }
+}
