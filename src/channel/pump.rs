@@ -240,7 +240,7 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
     ));
     let mut at_boundary = true;
     let end = loop {
-        match next_for_reader(&ch, at_boundary) {
+        match next_for_reader(ch, at_boundary) {
             Next::Wait => ch.reader_wake.notified().await,
             Next::Pong(frames) => {
                 if conn.write_all(frames).await.is_err() {

@@ -220,7 +220,7 @@ mod tests {
         let mut r = vec![0..10, 20..30, 40..50];
         clip(&mut r, 15);
         assert_eq!(r, vec![0..10, 20..25]);
-        let mut r = vec![0..10];
+        let mut r: Vec<std::ops::Range<usize>> = std::iter::once(0..10).collect();
         clip(&mut r, 0);
         assert!(r.is_empty());
     }

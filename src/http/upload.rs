@@ -36,7 +36,7 @@ fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
         n as u64,
     );
     ch.push_chunk(Chunk {
-        segments: vec![HEADROOM - hl..HEADROOM + n],
+        segments: std::iter::once(HEADROOM - hl..HEADROOM + n).collect(),
         pieces: vec![Piece {
             opcode: Opcode::Binary,
             fin: true,

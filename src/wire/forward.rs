@@ -289,7 +289,9 @@ mod tests {
     }
 
     /// Feeds `input` split into reads of `chunk` bytes, returns the forwarded output.
-    fn run(input: &[u8], chunk: usize) -> (Vec<u8>, Option<(u16, Vec<u8>)>, u32) {
+    type Close = Option<(u16, Vec<u8>)>;
+
+    fn run(input: &[u8], chunk: usize) -> (Vec<u8>, Close, u32) {
         let mut fwd = FrameForwarder::new(1 << 30);
         let mut out = Vec::new();
         let mut carry: Vec<u8> = Vec::new();

@@ -101,7 +101,9 @@ pub fn percent_decode(s: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
                 let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
                 out.push(v);
                 i += 3;
@@ -122,6 +124,15 @@ pub fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_escapes_need_two_hex_digits() {
+        // `u8::from_str_radix` alone would accept a sign: "%+b" must not decode to 0x0B.
+        for bad in ["%+b", "%+1", "%-1", "% 1", "%1", "%", "%g0"] {
+            assert_eq!(percent_decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(percent_decode("%2b%2B+%41").as_deref(), Some("++ A"));
+    }
 
     #[test]
     fn parses_targets() {
