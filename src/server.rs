@@ -41,17 +41,27 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         routes: Default::default(),
         subscribers: Default::default(),
     });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let shared = shared.clone();
-        ring::spawn_pinned(format!("chanrelay-shard-{i}"), Some(i), move || {
+        let ready = ready_tx.clone();
+        ring::spawn_pinned(format!("chanrelay-shard-{i}"), Some(i), ready, move || {
             run_shard(i, shared, listener, inbox)
         });
     }
     {
         let shared = shared.clone();
-        ring::spawn_pinned("chanrelay-control".into(), None, move || {
+        ring::spawn_pinned("chanrelay-control".into(), None, ready_tx, move || {
             crate::control::server::serve(shared, control)
         });
+    }
+    // Report "listening" only once every runtime is up.
+    for _ in 0..=n {
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| {
+                std::io::Error::other("a runtime failed to start (is io_uring enabled?)")
+            })?;
     }
     Ok(Running {
         data_addr,

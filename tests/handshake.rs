@@ -426,3 +426,55 @@ fn frame_over_max_frame_bytes_is_1009() {
     hdr.extend_from_slice(&[9, 9, 9, 9]);
     violation(&relay, &hdr, 1009, "65537-byte frame");
 }
+
+/// The head and then frame headers arrive a byte or two at a time.
+#[test]
+fn handshake_and_frames_in_tiny_pieces() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ws_path(&ch.id, &ch.key, "write"),
+        relay.data,
+        random_ws_key()
+    );
+    let mut s = tcp_connect(relay.data);
+    for piece in req.as_bytes().chunks(7) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "EOF in 101 head");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    let p1 = random_bytes(300);
+    let p2 = random_bytes(70_000);
+    let mut bytes = frame(true, OP_BINARY, b"a");
+    bytes.extend(frame(true, OP_TEXT, &p1));
+    bytes.extend(frame(true, OP_PING, b"pp"));
+    bytes.extend(frame(true, OP_BINARY, &p2));
+    // Every byte of the first three frames alone, then the big one in odd pieces.
+    let small = bytes.len() - (p2.len() + 14);
+    for piece in bytes[..small].chunks(1) {
+        s.write_all(piece).unwrap();
+    }
+    for piece in bytes[small..].chunks(4093) {
+        s.write_all(piece).unwrap();
+    }
+    let f = r.expect_frame("1");
+    assert_eq!((f.opcode, f.payload.as_slice()), (OP_BINARY, &b"a"[..]));
+    let f = r.expect_frame("2");
+    assert_eq!((f.opcode, &f.payload), (OP_TEXT, &p1));
+    let f = r.expect_frame("3");
+    assert_eq!((f.opcode, f.payload.len()), (OP_BINARY, p2.len()));
+    assert!(f.payload == p2);
+}

@@ -92,7 +92,9 @@ fn routed_request_reaches_the_function_and_its_answer_reaches_the_client() {
     assert!(got == body, "request body differs");
     let mut resp = connect_ref(&relay, &e["response"]);
     resp.send_text(r#"{"type":"set_status","status_code":202}"#);
-    resp.send_text(r#"{"type":"set_headers","headers":{"content-type":"text/plain","x-fn":"yes"}}"#);
+    resp.send_text(
+        r#"{"type":"set_headers","headers":{"content-type":"text/plain","x-fn":"yes"}}"#,
+    );
     resp.send_binary(b"stored ");
     resp.send_binary(format!("{} bytes", got.len()).as_bytes());
     resp.send_close(1000, "");
@@ -106,7 +108,10 @@ fn routed_request_reaches_the_function_and_its_answer_reaches_the_client() {
 #[test]
 fn no_subscriber_is_503_unknown_route_is_404() {
     let relay = Relay::start();
-    put_routes(&relay, r#"[{"method":"GET","path":"events/stream","route_id":"sse"}]"#);
+    put_routes(
+        &relay,
+        r#"[{"method":"GET","path":"events/stream","route_id":"sse"}]"#,
+    );
     let r = http_request(relay.data, "GET", "/events/stream", &[], None);
     assert_eq!(r.status, 503, "{}", r.text());
     let _ev = subscribe(&relay);
@@ -119,7 +124,10 @@ fn no_subscriber_is_503_unknown_route_is_404() {
 #[test]
 fn function_that_never_answers_is_504() {
     let relay = Relay::with_config("ingress_timeout_ms = 500\n");
-    put_routes(&relay, r#"[{"method":"GET","path":"slow","route_id":"slow"}]"#);
+    put_routes(
+        &relay,
+        r#"[{"method":"GET","path":"slow","route_id":"slow"}]"#,
+    );
     let mut ev = subscribe(&relay);
     let start = Instant::now();
     let data = relay.data;
@@ -134,11 +142,15 @@ fn function_that_never_answers_is_504() {
 #[test]
 fn streamed_answer_arrives_as_it_is_written() {
     let relay = Relay::start();
-    put_routes(&relay, r#"[{"method":"GET","path":"tick","route_id":"tick"}]"#);
+    put_routes(
+        &relay,
+        r#"[{"method":"GET","path":"tick","route_id":"tick"}]"#,
+    );
     let mut ev = subscribe(&relay);
     let mut s = tcp_connect(relay.data);
     use std::io::Write;
-    s.write_all(b"GET /tick HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /tick HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let e = next_event(&mut ev);
     let mut w = connect_ref(&relay, &e["response"]);
     w.send_text(r#"{"type":"set_headers","headers":{"content-type":"text/event-stream"}}"#);

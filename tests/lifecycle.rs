@@ -24,8 +24,7 @@ fn writer_tcp_drop_mid_stream_gives_reader_1011() {
     assert!(f.payload == a);
     let f = r.expect_frame("frame b");
     assert!(f.payload == b);
-    let close = Some(r.expect_close("reader close"));
-    let (code, reason) = close.unwrap();
+    let (code, reason) = r.expect_close("reader close");
     assert_eq!((code, reason.as_str()), (1011, "writer disconnected"));
 }
 
@@ -254,6 +253,7 @@ fn stalled_reader_throttles_writer_and_bounds_buffer() {
     let buffered = st["buffered_bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("buffered_bytes: {st}"));
+    eprintln!("writer stalled after {stalled_at} bytes; relay state {st}");
     assert!(
         buffered <= 1048576,
         "buffered_bytes {buffered} > buffer_bytes 1 MiB: {st}"
@@ -284,6 +284,7 @@ fn absent_reader_throttles_writer_and_bounds_buffer() {
     let buffered = st["buffered_bytes"]
         .as_u64()
         .unwrap_or_else(|| panic!("buffered_bytes: {st}"));
+    eprintln!("writer stalled after {stalled_at} bytes; relay state {st}");
     assert!(
         buffered <= 1048576,
         "buffered_bytes {buffered} > buffer_bytes: {st}"
@@ -297,4 +298,90 @@ fn absent_reader_throttles_writer_and_bounds_buffer() {
     read_all_frames(&mut r, TOTAL);
     let mut w = pusher.join().expect("pusher");
     assert_eq!(w.expect_close("writer").0, 1000);
+}
+
+#[test]
+fn reader_close_gives_writer_1001() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(b"one");
+    assert_eq!(r.expect_frame("reader").payload, b"one");
+    r.send_close(1000, "bye");
+    r.set_read_timeout(Duration::from_secs(5));
+    let (code, _) = r.expect_close("reader close reply");
+    assert_eq!(code, 1000, "reader's Close is echoed");
+    w.set_read_timeout(Duration::from_secs(5));
+    let (code, reason) = w.expect_close("writer");
+    assert_eq!((code, reason.as_str()), (1001, "reader gone"));
+}
+
+#[test]
+fn reader_drop_while_writer_is_throttled_gives_writer_1001() {
+    use std::io::Write;
+    let relay = Relay::start();
+    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
+    let r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    // Push from a clone of the writer's socket; read the writer's side here.
+    let mut raw = w.stream.try_clone().unwrap();
+    raw.set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let progress = Arc::new(AtomicU64::new(0));
+    let p2 = progress.clone();
+    let pusher = std::thread::spawn(move || {
+        for i in 0..1024usize {
+            let f = frame(true, OP_BINARY, chunk(i, 64 * 1024));
+            if raw.write_all(&f).is_err() {
+                return; // the relay may reset us once it has told us
+            }
+            p2.fetch_add(f.len() as u64, Ordering::SeqCst);
+        }
+    });
+    let stalled_at = wait_stalled(&progress, Duration::from_secs(15));
+    assert!(
+        (stalled_at as usize) < 1024 * 64 * 1024,
+        "writer was never throttled"
+    );
+    r.reset();
+    w.set_read_timeout(Duration::from_secs(5));
+    let (code, reason) = w.expect_close("throttled writer");
+    assert_eq!((code, reason.as_str()), (1001, "reader gone"));
+    let _ = w.stream.shutdown(std::net::Shutdown::Both);
+    pusher.join().unwrap();
+}
+
+#[test]
+fn delete_while_writer_is_throttled_aborts_both() {
+    let relay = Relay::start();
+    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
+    let w = relay.connect(&ch, "write");
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut raw = w.stream.try_clone().unwrap();
+    let mut w = w;
+    let p2 = progress.clone();
+    let pusher = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..1024usize {
+            let f = frame(true, OP_BINARY, chunk(i, 64 * 1024));
+            if raw.write_all(&f).is_err() {
+                return;
+            }
+            p2.fetch_add(f.len() as u64, Ordering::SeqCst);
+        }
+    });
+    let stalled_at = wait_stalled(&progress, Duration::from_secs(15));
+    assert!(
+        (stalled_at as usize) < 1024 * 64 * 1024,
+        "writer was never throttled"
+    );
+    assert_eq!(relay.delete(&ch.id), 204);
+    w.set_read_timeout(Duration::from_secs(5));
+    let (code, reason) = w.expect_close("throttled writer");
+    assert_eq!((code, reason.as_str()), (1011, "channel aborted"));
+    let _ = w.stream.shutdown(std::net::Shutdown::Both);
+    pusher.join().unwrap();
+    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "read"), &[]);
+    assert_eq!(resp.status, 404, "{resp:?}");
 }

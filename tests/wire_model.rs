@@ -263,6 +263,46 @@ struct Run {
     /// Input offset just past the Close (set when the Close is reported).
     consumed_total: usize,
     error: Option<chanrelay::wire::frame::FrameError>,
+    /// Data frames rebuilt from `Batch::pieces` (the view HTTP bodies are built from).
+    piece_frames: Vec<OutFrame>,
+    /// A frame whose pieces have started but not ended: (frame so far, its full length).
+    piece_open: Option<(OutFrame, u64)>,
+}
+
+/// Checks `batch.pieces` (before `compact` moves the bytes) and rebuilds frames from them.
+fn collect_pieces(buf: &[u8], batch: &Batch, run: &mut Run) -> Result<(), TestCaseError> {
+    let mut prev_end = 0;
+    for p in &batch.pieces {
+        prop_assert!(p.payload.start <= p.payload.end && p.payload.end <= batch.consumed);
+        prop_assert!(p.payload.start >= prev_end, "pieces overlap or unordered");
+        if p.starts {
+            // The client header's bytes are free for the peer's framing.
+            prop_assert!(p.gap_start >= prev_end && p.payload.start - p.gap_start >= 6);
+            prop_assert!(
+                run.piece_open.is_none(),
+                "a piece starts inside another frame"
+            );
+            let frame = OutFrame {
+                fin: p.fin,
+                opcode: p.opcode,
+                payload: Vec::new(),
+            };
+            run.piece_open = Some((frame, p.frame_len));
+        }
+        let Some((f, len)) = run.piece_open.as_mut() else {
+            return Err(TestCaseError::fail("a piece continues no frame"));
+        };
+        prop_assert_eq!((f.opcode, f.fin, *len), (p.opcode, p.fin, p.frame_len));
+        f.payload.extend_from_slice(&buf[p.payload.clone()]);
+        prop_assert!(f.payload.len() as u64 <= *len);
+        if p.ends {
+            let (f, len) = run.piece_open.take().unwrap();
+            prop_assert_eq!(f.payload.len() as u64, len);
+            run.piece_frames.push(f);
+        }
+        prev_end = p.payload.end;
+    }
+    Ok(())
 }
 
 /// Checks the invariants every batch must keep, whatever the input.
@@ -310,6 +350,7 @@ fn drive(input: &[u8], cuts: &[usize], max_payload: u64) -> Result<Run, TestCase
             return Ok(run);
         }
         check_batch(&buf[..filled], &batch)?;
+        collect_pieces(&buf[..filled], &batch, &mut run)?;
         carry = buf[batch.consumed..filled].to_vec();
         run.frames_completed += batch.frames_completed as u64;
         run.payload_bytes += batch.payload_bytes;
@@ -508,13 +549,12 @@ proptest! {
         prop_assert_eq!(run.close.as_ref(), Some(&e.close));
         prop_assert_eq!(run.consumed_total, e.close_end);
 
-        // Pings are reported, never forwarded: the latest ping of each batch, so the
-        // reported ones are an ordered subsequence of those sent, and the last is there.
-        let mut it = e.pings.iter();
-        for p in &run.pings {
-            prop_assert!(it.any(|x| x == p), "reported ping {:?} not in order", p);
-        }
-        prop_assert_eq!(run.pings.last(), e.pings.last());
+        // Every ping is reported, in order (each gets its Pong), and none is forwarded.
+        prop_assert_eq!(&run.pings, &e.pings);
+
+        // The per-frame view (`Batch::pieces`, used for HTTP bodies) gives the same frames.
+        prop_assert!(run.piece_open.is_none(), "a frame's pieces never ended");
+        prop_assert!(run.piece_frames == e.frames, "frames rebuilt from pieces differ");
     }
 
     /// Random bytes, cut anywhere: never a panic, invariants hold until the first error.

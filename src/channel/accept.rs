@@ -29,10 +29,12 @@ pub async fn refuse(conn: Conn, refusal: Refusal) {
     conn.shutdown();
 }
 
-/// Reads the request head. `Err(None)`: the peer went away (nothing to answer).
+/// Reads the request head, starting from bytes already read (a pipelined request).
+/// `Err(None)`: the peer went away (nothing to answer).
 async fn read_head(
     shard: &Shard,
     conn: &Rc<Conn>,
+    initial: Vec<u8>,
 ) -> Result<(RequestHead, Vec<u8>), Option<Refusal>> {
     let max = shard.config().max_head_bytes;
     let timed_out = Rc::new(Cell::new(false));
@@ -52,10 +54,21 @@ async fn read_head(
             }
         });
     }
-    let mut buf = vec![0u8; HEAD_READ_BYTES.min(max)];
-    let mut filled = 0;
+    let mut filled = initial.len();
+    let mut buf = initial;
+    buf.resize(buf.len().max(HEAD_READ_BYTES.min(max)), 0);
+    let mut parse_first = filled > 0;
     let result = loop {
-        if filled == buf.len() {
+        if parse_first {
+            parse_first = false;
+            match parse_request_head(&buf[..filled]) {
+                Ok(None) => {}
+                Ok(Some((head, n))) => break Ok((head, buf[n..filled].to_vec())),
+                Err(HeadError::TooManyHeaders) => break Err(Some(Refusal::HeadTooLarge)),
+                Err(HeadError::Malformed(m)) => break Err(Some(Refusal::BadRequest(m))),
+            }
+        }
+        if filled >= buf.len() {
             if buf.len() >= max {
                 break Err(Some(Refusal::HeadTooLarge));
             }
@@ -125,6 +138,10 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Ref
             })
         }
     };
+    if head.has_body() && !matches!(head.method, Method::Put | Method::Post) {
+        // Its body would otherwise be read as the next request on the connection.
+        return Err(Refusal::BadRequest("this request takes no body"));
+    }
     match (&head.method, target.dir) {
         (Method::Get, _) if head.upgrade_websocket => {
             if !head.connection_upgrade {
@@ -168,10 +185,16 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
 /// Reads request heads on `conn` and serves them; HTTP requests may keep the connection
 /// alive for the next one.
 async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
+    serve_requests_from(shard, conn, guard, Vec::new()).await
+}
+
+/// Same, with bytes of the next request already read.
+async fn serve_requests_from(shard: Rc<Shard>, conn: Conn, guard: ConnGuard, initial: Vec<u8>) {
     let mut conn = conn;
+    let mut initial = initial;
     loop {
         let conn_rc = Rc::new(conn);
-        let head = read_head(&shard, &conn_rc).await;
+        let head = read_head(&shard, &conn_rc, std::mem::take(&mut initial)).await;
         conn =
             Rc::try_unwrap(conn_rc).unwrap_or_else(|_| unreachable!("watchdog holds a weak ref"));
         let (head, leftover) = match head {
@@ -187,8 +210,8 @@ async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
             let served =
                 crate::http::ingress::serve_ingress(&shard, conn, head, r, params, leftover);
             match served.await {
-                Some(c) => {
-                    conn = c;
+                Some((c, rest)) => {
+                    (conn, initial) = (c, rest);
                     continue;
                 }
                 None => return,
@@ -203,7 +226,7 @@ async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
             return hand_off(&shard, owner, conn, head, target, mode, leftover, guard);
         }
         match attach(&shard, conn, &head, &target, mode, leftover).await {
-            Some(c) => conn = c,
+            Some((c, rest)) => (conn, initial) = (c, rest),
             None => return,
         }
     }
@@ -250,13 +273,13 @@ pub async fn serve_handoff(
     leftover: Vec<u8>,
     guard: ConnGuard,
 ) {
-    if let Some(conn) = attach(&shard, conn, &head, &target, mode, leftover).await {
-        serve_requests(shard, conn, guard).await;
+    if let Some((conn, rest)) = attach(&shard, conn, &head, &target, mode, leftover).await {
+        serve_requests_from(shard, conn, guard, rest).await;
     }
 }
 
-/// On the owner shard: claims the channel end and serves it. Returns the connection when
-/// it may serve another request (HTTP keep-alive).
+/// On the owner shard: claims the channel end and serves it. Returns the connection, and
+/// any bytes of the next request already read, when it may serve another (HTTP keep-alive).
 async fn attach(
     shard: &Rc<Shard>,
     conn: Conn,
@@ -264,7 +287,7 @@ async fn attach(
     target: &ChannelTarget,
     mode: Mode,
     leftover: Vec<u8>,
-) -> Option<Conn> {
+) -> Option<(Conn, Vec<u8>)> {
     let found = shard
         .lookup(&target.channel_id)
         .or_else(|| shard.open_signed(&target.channel_id, &target.key));
@@ -310,10 +333,11 @@ async fn attach(
                 Direction::Write => super::pump::run_writer(shard, &ch, &conn, leftover).await,
                 Direction::Read => super::pump::run_reader(shard, &ch, &conn, leftover).await,
             }
-            false
+            None
         }
         (Mode::HttpRead, _) => {
-            crate::http::response::run_http_reader(shard, &ch, &conn, head).await
+            let watch = crate::http::response::ClientWatch::Spawn;
+            crate::http::response::run_http_reader(shard, &ch, &conn, head, leftover, watch).await
         }
         (Mode::HttpWrite, _) => {
             crate::http::upload::run_http_writer(shard, &ch, &conn, head, leftover).await
@@ -326,14 +350,19 @@ async fn attach(
             Direction::Read => st.reader_conn = None,
         }
     }
-    ch.set_slot(target.dir, Slot::Finished);
+    // An end that gave its slot back (an HTTP reader that left before anything was sent
+    // to it) stays open for the next one.
+    if ch.slot(target.dir) == Slot::Connected {
+        ch.set_slot(target.dir, Slot::Finished);
+    }
     shard.end_finished(&ch);
     let conn = Rc::try_unwrap(conn).ok()?;
-    if reusable {
-        Some(conn)
-    } else {
-        conn.shutdown();
-        None
+    match reusable {
+        Some(rest) => Some((conn, rest)),
+        None => {
+            conn.shutdown();
+            None
+        }
     }
 }
 

@@ -52,7 +52,8 @@ pub struct ChannelState {
     /// Pongs owed to the reader, as ready-to-send frames (at most `MAX_PENDING_PONGS`).
     pub reader_pongs: Vec<u8>,
     pub reader_pongs_count: usize,
-    /// The relay has sent the reader its Close.
+    /// The relay is ending the reader's connection (its Close sent, or its TCP about to be
+    /// cut): what the reader does after that is not "reader gone".
     pub reader_close_sent: bool,
     /// The last chunk handed to the reader's sender ends at a frame boundary.
     pub reader_at_boundary: bool,

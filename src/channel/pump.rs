@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use super::channel::{arm_close_timeout, Channel, Chunk, MAX_PENDING_PONGS};
+use super::channel::{arm_close_timeout, send_close, Channel, Chunk, MAX_PENDING_PONGS};
 use super::shard::Shard;
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
@@ -61,7 +61,7 @@ pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Rc<Conn>, leftov
 async fn writer_loop(
     shard: &Shard,
     ch: &Rc<Channel>,
-    conn: &Conn,
+    conn: &Rc<Conn>,
     fwd: &mut FrameForwarder,
     leftover: Vec<u8>,
 ) -> WriterExit {
@@ -72,8 +72,16 @@ async fn writer_loop(
     let mut pending_input = !carry.is_empty();
     let mut small = true;
     loop {
-        if ch.end().is_some() && !ch.state.borrow().tail_pending {
-            return WriterExit::EndedElsewhere { answered: false };
+        if let Some(end) = ch.end() {
+            if !ch.state.borrow().tail_pending {
+                return WriterExit::EndedElsewhere { answered: false };
+            }
+            // Still reading the rest of the reader's current frame: the writer must have
+            // been told (`finish` skips that while a Pong is being written).
+            if !std::mem::replace(&mut ch.state.borrow_mut().writer_close_sent, true) {
+                let (code, reason) = end.writer_close();
+                crate::ring::spawn(send_close(conn.clone(), code, reason));
+            }
         }
         let size = if small {
             SMALL_READ_BYTES.min(read_size)
@@ -84,7 +92,7 @@ async fn writer_loop(
         // Backpressure: hold at most `limit` bytes; until there is room the writer's
         // socket is not read and TCP flow control throttles it.
         let held = ch.state.borrow().held;
-        if !pending_input && held > 0 && held + size > ch.limit {
+        if !pending_input && held > 0 && held + size > ch.limit && ch.end().is_none() {
             ch.writer_wake.notified().await;
             continue;
         }
@@ -109,43 +117,10 @@ async fn writer_loop(
             }
         }
         pending_input = false;
+        // On a protocol error the batch still holds every frame before the bad one.
         let result = fwd.process(&mut buf[..filled], &mut batch);
         carry = buf[batch.consumed..filled].to_vec();
-        let cut_short = ch.end().is_some_and(|e| !e.delivers_pending());
-        if let Err(e) = result {
-            shard.pool.put(buf);
-            if cut_short {
-                return WriterExit::EndedElsewhere { answered: false };
-            }
-            ch.finish(StreamEnd::WriterProtocol(e));
-            return WriterExit::Protocol(e.close_code(), e.reason());
-        }
-        if cut_short {
-            // The stream was cut short while this read was in flight. Only the rest of a
-            // frame the reader is in the middle of still goes out.
-            let answered = batch.close.is_some();
-            if ch.state.borrow().tail_pending && !batch.segments.is_empty() {
-                let mut tail = Chunk {
-                    buf,
-                    segments: std::mem::take(&mut batch.segments),
-                    pieces: std::mem::take(&mut batch.pieces),
-                    at_boundary: batch.at_boundary,
-                    payload_bytes: batch.payload_bytes,
-                    frames: batch.frames_completed,
-                };
-                let done = tail.truncate_after_frame_end();
-                ch.push_chunk(tail);
-                if !done && !answered {
-                    continue; // keep reading until the frame ends
-                }
-                ch.state.borrow_mut().tail_pending = false;
-                ch.reader_wake.notify_one();
-            } else {
-                shard.pool.put(buf);
-            }
-            return WriterExit::EndedElsewhere { answered };
-        }
-        if !batch.pings.is_empty() {
+        if !batch.pings.is_empty() && ch.end().is_none() {
             // The writer asked; answering is not an unsolicited frame.
             let pongs: Vec<u8> = batch
                 .pings
@@ -157,27 +132,56 @@ async fn writer_loop(
             ch.state.borrow_mut().writer_busy = false;
             if res.is_err() {
                 shard.pool.put(buf);
-                ch.finish(StreamEnd::WriterDisconnected);
+                if ch.end().is_none() {
+                    ch.finish(StreamEnd::WriterDisconnected);
+                }
                 return WriterExit::Gone;
             }
         }
-        if batch.segments.is_empty() {
-            shard.pool.put(buf);
-        } else {
-            ch.push_chunk(Chunk {
-                buf,
-                segments: std::mem::take(&mut batch.segments),
-                pieces: std::mem::take(&mut batch.pieces),
-                at_boundary: batch.at_boundary,
-                payload_bytes: batch.payload_bytes,
-                frames: batch.frames_completed,
-            });
+        let answered = batch.close.is_some();
+        let mut chunk = Chunk {
+            buf,
+            segments: std::mem::take(&mut batch.segments),
+            pieces: std::mem::take(&mut batch.pieces),
+            at_boundary: batch.at_boundary,
+            payload_bytes: batch.payload_bytes,
+            frames: batch.frames_completed,
+        };
+        if ch.end().is_some_and(|e| !e.delivers_pending()) {
+            // Cut short while this read was in flight: only the rest of a frame the reader
+            // is in the middle of still goes out.
+            if !ch.state.borrow().tail_pending {
+                shard.pool.put(chunk.buf);
+                return WriterExit::EndedElsewhere { answered };
+            }
+            let done = chunk.truncate_after_frame_end();
+            push_or_recycle(shard, ch, chunk);
+            if done || answered || result.is_err() {
+                ch.state.borrow_mut().tail_pending = false;
+                ch.reader_wake.notify_one();
+                return WriterExit::EndedElsewhere { answered };
+            }
+            continue;
         }
-        if batch.close.is_some() {
+        push_or_recycle(shard, ch, chunk);
+        if let Err(e) = result {
+            ch.finish(StreamEnd::WriterProtocol(e));
+            return WriterExit::Protocol(e.close_code(), e.reason());
+        }
+        if answered {
             // Everything before the Close is queued; the reader gets 1000 after it.
             ch.finish(StreamEnd::Clean);
             return WriterExit::Clean;
         }
+    }
+}
+
+/// Queues a chunk that carries data, or returns its buffer to the pool.
+fn push_or_recycle(shard: &Shard, ch: &Channel, chunk: Chunk) {
+    if chunk.segments.is_empty() {
+        shard.pool.put(chunk.buf);
+    } else {
+        ch.push_chunk(chunk);
     }
 }
 
@@ -201,6 +205,25 @@ async fn drain_until_close(conn: &Conn, fwd: &mut FrameForwarder) {
             return;
         }
         carry = buf[batch.consumed..filled + n].to_vec();
+    }
+}
+
+/// Above this many ranges in one buffer (small frames), moving them together and writing
+/// once is cheaper than one iovec per range.
+pub const MAX_IOVECS_PER_WRITE: usize = 64;
+
+/// Sends `buf[r]` for each range: vectored from where they lie, or — for many small frames —
+/// moved together and written once.
+pub async fn send_segments(
+    conn: &Conn,
+    mut buf: Vec<u8>,
+    segments: &[std::ops::Range<usize>],
+) -> (std::io::Result<()>, Vec<u8>) {
+    if segments.len() > MAX_IOVECS_PER_WRITE {
+        let range = compact(&mut buf, segments);
+        conn.write_range(buf, range).await
+    } else {
+        conn.write_segments(buf, segments).await
     }
 }
 
@@ -247,9 +270,8 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
                     ch.finish(StreamEnd::ReaderGone);
                 }
             }
-            Next::Send(mut chunk) => {
-                let range = compact(&mut chunk.buf, &chunk.segments);
-                let (res, buf) = conn.write_range(chunk.buf, range).await;
+            Next::Send(chunk) => {
+                let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
                 ch.release(buf.len());
                 shard.pool.put(buf);
                 if res.is_err() {
@@ -262,13 +284,14 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
             Next::Close(end) => break end,
         }
     };
+    // From here on the relay ends the reader's connection: its EOF is not "reader gone".
+    ch.state.borrow_mut().reader_close_sent = true;
     // A Close may only follow a complete frame; a stream cut mid-frame just ends the TCP.
     if end == StreamEnd::ReaderGone {
         // The reader closed first (or vanished): echo its Close; a failed write is harmless.
         let _ = conn.write_all(close_frame(1000, "")).await;
     } else if at_boundary {
         let (code, reason) = end.reader_close();
-        ch.state.borrow_mut().reader_close_sent = true;
         if conn.write_all(close_frame(code, reason)).await.is_ok() {
             // Let the reader answer before the socket goes, so nothing in flight is reset.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;

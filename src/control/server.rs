@@ -1,8 +1,10 @@
 //! The control API's HTTP/1.1 server: keep-alive, `Content-Length` bodies, bounded heads
 //! and bodies. Runs on its own thread so control traffic never stalls a data shard.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::api::{handle, Response};
 use crate::channel::Shared;
@@ -52,10 +54,35 @@ fn error(status: u16, code: &str, msg: &str) -> Response {
     }
 }
 
+/// Cuts a control connection that takes longer than the handshake timeout to send a
+/// request (or idles that long between requests). Runs beside the connection's reads,
+/// which are never cancelled: shutting the socket completes them.
+fn arm_request_timeout(conn: &Rc<Conn>, deadline: &Rc<Cell<Option<Instant>>>, timeout: Duration) {
+    let (weak, deadline) = (Rc::downgrade(conn), deadline.clone());
+    ring::spawn(async move {
+        loop {
+            let wait = match deadline.get() {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => timeout, // a request is being answered
+            };
+            tokio::time::sleep(wait).await;
+            let Some(conn) = weak.upgrade() else { return };
+            if deadline.get().is_some_and(|d| d <= Instant::now()) {
+                conn.shutdown();
+                return;
+            }
+        }
+    });
+}
+
 async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
     let max_head = shared.config.max_head_bytes;
+    let timeout = shared.config.handshake_timeout();
+    let deadline = Rc::new(Cell::new(Some(Instant::now() + timeout)));
+    arm_request_timeout(&conn, &deadline, timeout);
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        deadline.set(Some(Instant::now() + timeout));
         // Read until a full head is buffered.
         let (head, head_len) = loop {
             match parse_request_head(&buf) {
@@ -101,6 +128,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
                 return;
             }
         }
+        deadline.set(None);
         let body: Vec<u8> = buf[head_len..head_len + body_len].to_vec();
         buf.drain(..head_len + body_len);
         let auth = head

@@ -79,8 +79,8 @@ fn new_ref(ch: &Channel, dir: Direction) -> serde_json::Value {
     serde_json::json!({"channel_id": ch.id, "access_key": ch.key, "direction": dir.as_str()})
 }
 
-/// Serves one request for a registered route on this shard. Returns the connection when it
-/// may serve another request.
+/// Serves one request for a registered route on this shard. Returns the connection, with
+/// the bytes of the next request already read, when it may serve another.
 pub async fn serve_ingress(
     shard: &Rc<Shard>,
     conn: Conn,
@@ -88,7 +88,7 @@ pub async fn serve_ingress(
     route: IngressRoute,
     path_params: BTreeMap<String, String>,
     leftover: Vec<u8>,
-) -> Option<Conn> {
+) -> Option<(Conn, Vec<u8>)> {
     let shared = &shard.shared;
     if shared.subscribers.count() == 0 {
         crate::channel::accept::refuse(
@@ -148,20 +148,28 @@ pub async fn serve_ingress(
     let feeder = {
         let (ch, conn, head) = (body_ch.clone(), conn.clone(), head.clone());
         ring::spawn(async move {
-            let r = crate::http::upload::feed_body(&ch, &conn, &head, leftover).await;
-            ch.finish(match r {
-                Ok(_) => StreamEnd::Clean,
-                Err(e) => e,
-            });
-            r.is_ok()
+            match crate::http::upload::feed_body(&ch, &conn, &head, leftover).await {
+                Ok((_, rest)) => {
+                    ch.finish(StreamEnd::Clean);
+                    Some(rest)
+                }
+                Err(e) => {
+                    ch.finish(e);
+                    None
+                }
+            }
         })
     };
-    let reusable = crate::http::response::run_http_reader(shard, &resp_ch, &conn, &head).await;
+    let watch = crate::http::response::ClientWatch::Elsewhere;
+    let reusable =
+        crate::http::response::run_http_reader(shard, &resp_ch, &conn, &head, Vec::new(), watch)
+            .await
+            .is_some();
     // A function that answered without reading the whole body: the rest is not wanted.
     if body_ch.end().is_none() {
         body_ch.finish(StreamEnd::Aborted);
     }
-    let body_read = feeder.await.unwrap_or(false);
+    let rest = feeder.await.ok().flatten();
     for (ch, dir) in [(&body_ch, Direction::Write), (&resp_ch, Direction::Read)] {
         {
             let mut st = ch.state.borrow_mut();
@@ -172,10 +180,11 @@ pub async fn serve_ingress(
         shard.end_finished(ch);
     }
     let conn = Rc::try_unwrap(conn).ok()?;
-    if reusable && body_read {
-        Some(conn)
-    } else {
-        conn.shutdown();
-        None
+    match rest {
+        Some(rest) if reusable => Some((conn, rest)),
+        _ => {
+            conn.shutdown();
+            None
+        }
     }
 }

@@ -3,16 +3,17 @@
 //! bytes when the writer set `content-length`), written as it arrives from the writer's
 //! own buffers. The same pump and queue as a WebSocket reader.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::channel::channel::{Channel, Chunk};
-use crate::channel::pump::{next_for_reader, Next};
+use crate::channel::pump::{next_for_reader, send_segments, Next};
 use crate::channel::Shard;
+use crate::config::SMALL_READ_BYTES;
 use crate::error::StreamEnd;
 use crate::ring::Conn;
 use crate::wire::chunked::{last_chunk, piece_is_text, render_body, BodyFraming};
 use crate::wire::control_msg::{parse_control_message, ControlMessage};
-use crate::wire::forward::compact;
 use crate::wire::head::RequestHead;
 use crate::wire::response::{error_response, streamed_head, BodyDelimit};
 
@@ -33,7 +34,9 @@ struct HeadState {
 impl HeadState {
     fn apply(&mut self, msg: ControlMessage) {
         match msg {
-            ControlMessage::SetStatus(s) => self.status = s,
+            // A 1xx is never a final status.
+            ControlMessage::SetStatus(s) if s >= 200 => self.status = s,
+            ControlMessage::SetStatus(_) => {}
             ControlMessage::SetHeaders(hs) => {
                 for (k, v) in hs {
                     if k == "content-length" {
@@ -76,13 +79,117 @@ impl HeadState {
     }
 }
 
-/// Streams the channel to an HTTP client. Returns true when the connection may serve
-/// another request (keep-alive), false when it must close.
+/// What the response sender and the client watcher tell each other.
+#[derive(Default)]
+struct Progress {
+    /// The response is complete (or abandoned).
+    done: Cell<bool>,
+    /// A chunk was taken from the channel for this client.
+    took_data: Cell<bool>,
+    /// The client left before anything was taken.
+    client_left: Cell<bool>,
+}
+
+/// Who reads the HTTP client's socket while its response streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWatch {
+    /// A task of ours: a client that leaves is noticed at once (the end is freed, the
+    /// writer told), and a pipelined next request is kept.
+    Spawn,
+    /// Someone else reads it (a routed request's body feeder).
+    Elsewhere,
+}
+
+/// Reads the client's socket while its response streams: EOF means the reader is gone;
+/// bytes are the next (pipelined) request, kept up to the head limit. After the response
+/// (`done`), the first read that completes ends the watch. Returns the bytes and whether
+/// the client closed.
+async fn watch_client(
+    ch: Rc<Channel>,
+    conn: Rc<Conn>,
+    mut bytes: Vec<u8>,
+    progress: Rc<Progress>,
+    max: usize,
+) -> (Vec<u8>, bool) {
+    // Stop reading once a whole next request is buffered (or the bytes cannot be one).
+    let complete = |b: &[u8]| !matches!(crate::wire::head::parse_request_head(b), Ok(None));
+    while bytes.len() < max && (bytes.is_empty() || !complete(&bytes)) {
+        let (res, buf) = conn
+            .read_into(vec![0u8; SMALL_READ_BYTES], 0..SMALL_READ_BYTES)
+            .await;
+        match res {
+            Ok(n) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            _ => {
+                if !progress.done.get() {
+                    if progress.took_data.get() {
+                        ch.finish(StreamEnd::ReaderGone);
+                    } else {
+                        // Nothing was taken from the channel yet: give the read end back
+                        // (a reloaded page or a reconnecting EventSource may claim it).
+                        progress.client_left.set(true);
+                        ch.reader_wake.notify_one();
+                    }
+                }
+                return (bytes, true);
+            }
+        }
+        if progress.done.get() {
+            break;
+        }
+    }
+    (bytes, false)
+}
+
+/// Streams the channel to an HTTP client. Returns the bytes of the next request already
+/// read when the connection may serve another (keep-alive), `None` when it must close.
 pub async fn run_http_reader(
+    shard: &Shard,
+    ch: &Rc<Channel>,
+    conn: &Rc<Conn>,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+    watch: ClientWatch,
+) -> Option<Vec<u8>> {
+    let progress = Rc::new(Progress::default());
+    let watcher = (watch == ClientWatch::Spawn).then(|| {
+        let max = shard.config().max_head_bytes;
+        let (ch, conn, p) = (ch.clone(), conn.clone(), progress.clone());
+        crate::ring::spawn(watch_client(ch, conn, leftover.clone(), p, max))
+    });
+    let reusable = stream_response(shard, ch, conn, head, &progress).await;
+    progress.done.set(true);
+    if progress.client_left.get() {
+        ch.set_slot(
+            crate::wire::route::Direction::Read,
+            crate::channel::channel::Slot::Waiting,
+        );
+    }
+    let Some(watcher) = watcher else {
+        return reusable.then_some(leftover);
+    };
+    if reusable {
+        // The next request has the usual head timeout to arrive.
+        let weak = Rc::downgrade(conn);
+        let timeout = shard.config().handshake_timeout();
+        crate::ring::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(c) = weak.upgrade() {
+                c.shutdown_read();
+            }
+        });
+    } else {
+        conn.shutdown();
+    }
+    let (bytes, eof) = watcher.await.unwrap_or_default();
+    (reusable && (!eof || !bytes.is_empty())).then_some(bytes)
+}
+
+async fn stream_response(
     shard: &Shard,
     ch: &Rc<Channel>,
     conn: &Conn,
     head: &RequestHead,
+    progress: &Progress,
 ) -> bool {
     let http10 = head.minor_version == 0;
     let keep_alive = !head.connection_close && !http10;
@@ -100,13 +207,21 @@ pub async fn run_http_reader(
     let mut ranges = Vec::new();
     let mut body_sent: u64 = 0;
     let end = loop {
+        if progress.client_left.get() {
+            return false;
+        }
         match next_for_reader(ch, true) {
             Next::Wait => ch.reader_wake.notified().await,
             Next::Pong(_) => {} // HTTP clients do not ping
             Next::Close(end) => break end,
             Next::Send(mut chunk) => {
+                progress.took_data.set(true);
+                let in_text_before = hs.in_text;
                 if delimit.is_none() && hs.scan(&chunk) {
+                    // The body renderer starts from the message state this chunk began in.
+                    in_text = in_text_before;
                     let d = match (hs.content_length, http10) {
+                        _ if matches!(hs.status, 204 | 304) => BodyDelimit::NoBody,
                         (Some(n), _) => BodyDelimit::Length(n),
                         (None, false) => BodyDelimit::Chunked,
                         (None, true) => BodyDelimit::Close,
@@ -122,8 +237,8 @@ pub async fn run_http_reader(
                     }
                     delimit = Some(d);
                 }
-                let Some(d) = delimit else {
-                    // Only control messages so far.
+                let Some(d) = delimit.filter(|d| *d != BodyDelimit::NoBody) else {
+                    // Only control messages so far, or a status without a body.
                     ch.release(chunk.buf.len());
                     shard.pool.put(chunk.buf);
                     continue;
@@ -145,9 +260,8 @@ pub async fn run_http_reader(
                     // Never send more than the declared length.
                     clip(&mut ranges, n.saturating_sub(body_sent));
                 }
-                let range = compact(&mut chunk.buf, &ranges);
-                let len = range.len() as u64;
-                let (res, buf) = conn.write_range(chunk.buf, range).await;
+                let len: u64 = ranges.iter().map(|r| r.len() as u64).sum();
+                let (res, buf) = send_segments(conn, chunk.buf, &ranges).await;
                 ch.release(buf.len());
                 shard.pool.put(buf);
                 if res.is_err() {
@@ -160,9 +274,11 @@ pub async fn run_http_reader(
         }
     };
     match (end, delimit) {
+        (StreamEnd::Clean, Some(BodyDelimit::NoBody)) => keep_alive,
         (StreamEnd::Clean, None) => {
             // The writer closed before any binary frame: an empty body, status as set.
             let d = match hs.content_length {
+                _ if matches!(hs.status, 204 | 304) => BodyDelimit::NoBody,
                 Some(n) => BodyDelimit::Length(n),
                 None => BodyDelimit::Length(0),
             };

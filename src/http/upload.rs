@@ -20,14 +20,17 @@ pub const UPLOAD_FRAME_BYTES: usize = 64 << 10;
 /// Room left in front of each frame's payload for its header.
 const HEADROOM: usize = MAX_HEADER_LEN;
 
+/// Room after each frame's payload (an HTTP reader ends its chunk there).
+const TAILROOM: usize = 2;
+
 /// A buffer for one frame of up to `len` payload bytes.
 fn frame_buf(len: usize) -> Vec<u8> {
-    vec![0u8; HEADROOM + len]
+    vec![0u8; HEADROOM + len + TAILROOM]
 }
 
 /// Turns `buf[HEADROOM..HEADROOM + n]` into one binary frame and queues it.
 fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
-    buf.truncate(HEADROOM + n);
+    buf.truncate(HEADROOM + n + TAILROOM);
     let hl = server_header_len(n as u64);
     write_server_header(
         &mut buf[HEADROOM - hl..HEADROOM],
@@ -64,16 +67,17 @@ async fn wait_for_room(ch: &Channel) {
     }
 }
 
-/// Reads the body into the channel. Returns true when the connection may be reused.
+/// Reads the body into the channel. Returns the bytes of the next request already read
+/// when the connection may be reused.
 pub async fn run_http_writer(
     _shard: &Shard,
     ch: &Rc<Channel>,
     conn: &Conn,
     head: &RequestHead,
     leftover: Vec<u8>,
-) -> bool {
-    let total = match feed_body(ch, conn, head, leftover).await {
-        Ok(total) => total,
+) -> Option<Vec<u8>> {
+    let (total, rest) = match feed_body(ch, conn, head, leftover).await {
+        Ok(r) => r,
         Err(end) => {
             ch.finish(end);
             let end = ch.end().unwrap_or(end);
@@ -83,7 +87,7 @@ pub async fn run_http_writer(
                     .write_all(error_response(end.http_status(), end.label(), reason))
                     .await;
             }
-            return false;
+            return None;
         }
     };
     ch.finish(StreamEnd::Clean);
@@ -101,26 +105,28 @@ pub async fn run_http_writer(
                 let _ = conn
                     .write_all(error_response(e.http_status(), e.label(), reason))
                     .await;
-                return false;
+                return None;
             }
         }
     }
     let keep_alive = !head.connection_close && head.minor_version == 1;
     let body = serde_json::json!({ "bytes": total }).to_string();
-    conn.write_all(json_response(200, &body, !keep_alive))
+    let sent = conn
+        .write_all(json_response(200, &body, !keep_alive))
         .await
-        .is_ok()
-        && keep_alive
+        .is_ok();
+    (sent && keep_alive).then_some(rest)
 }
 
 /// Streams the request body into `ch` as binary frames (answering `Expect: 100-continue`
-/// first). Returns the body's length, or how the stream ended early.
+/// first). Returns the body's length and the bytes read past its end (a pipelined next
+/// request), or how the stream ended early.
 pub async fn feed_body(
     ch: &Channel,
     conn: &Conn,
     head: &RequestHead,
     leftover: Vec<u8>,
-) -> Result<u64, StreamEnd> {
+) -> Result<(u64, Vec<u8>), StreamEnd> {
     if head.expect_continue && leftover.is_empty() {
         let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
         if conn.write_all(cont).await.is_err() {
@@ -141,7 +147,7 @@ async fn read_length(
     conn: &Conn,
     mut pending: Vec<u8>,
     length: u64,
-) -> Result<u64, StreamEnd> {
+) -> Result<(u64, Vec<u8>), StreamEnd> {
     let mut total = 0u64;
     while total < length {
         wait_for_room(ch).await;
@@ -166,14 +172,18 @@ async fn read_length(
         queue_frame(ch, buf, n);
         total += n as u64;
     }
-    Ok(total)
+    Ok((total, pending))
 }
 
 /// Read size for chunked bodies.
 const CHUNKED_READ_BYTES: usize = 64 << 10;
 
 /// A chunked body: decoded, and its data copied into frames of at most 64 KiB.
-async fn read_chunked(ch: &Channel, conn: &Conn, leftover: Vec<u8>) -> Result<u64, StreamEnd> {
+async fn read_chunked(
+    ch: &Channel,
+    conn: &Conn,
+    leftover: Vec<u8>,
+) -> Result<(u64, Vec<u8>), StreamEnd> {
     let mut dec = ChunkedDecoder::default();
     let mut raw = leftover;
     let mut total = 0u64;
@@ -190,14 +200,14 @@ async fn read_chunked(ch: &Channel, conn: &Conn, leftover: Vec<u8>) -> Result<u6
                     return Err(end);
                 }
                 let mut buf = frame_buf(piece.len());
-                buf[HEADROOM..].copy_from_slice(piece);
+                buf[HEADROOM..HEADROOM + piece.len()].copy_from_slice(piece);
                 queue_frame(ch, buf, piece.len());
                 total += piece.len() as u64;
             }
         }
         raw.drain(..used);
         if dec.is_done() {
-            return Ok(total);
+            return Ok((total, raw));
         }
         let start = raw.len();
         raw.resize(start + CHUNKED_READ_BYTES, 0);

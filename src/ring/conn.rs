@@ -78,3 +78,91 @@ impl Conn {
         Ok(std::net::TcpStream::from(owned))
     }
 }
+
+/// A byte range of a buffer shared by several in-flight iovecs of one `writev`.
+struct SharedRange {
+    buf: std::rc::Rc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+// SAFETY: the pointer is into a `Vec` owned by the `Rc`, which this value keeps alive and
+// which nothing mutates or reallocates while any `SharedRange` exists (the `Vec` is only
+// taken back with `Rc::try_unwrap` after every `SharedRange` is dropped). The range lies
+// within the vector's initialized length (checked in `write_segments`).
+unsafe impl tokio_uring::buf::IoBuf for SharedRange {
+    fn stable_ptr(&self) -> *const u8 {
+        self.buf[self.range.start..].as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.range.len()
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.range.len()
+    }
+}
+
+impl Conn {
+    /// Writes `buf[r]` for every range in `segments`, in order, with vectored writes: the
+    /// ranges go out of the buffer where they lie, without being moved together first.
+    pub async fn write_segments(
+        &self,
+        buf: Vec<u8>,
+        segments: &[Range<usize>],
+    ) -> (io::Result<()>, Vec<u8>) {
+        match segments {
+            [] => return (Ok(()), buf),
+            [one] => return self.write_range(buf, one.clone()).await,
+            _ => {}
+        }
+        assert!(segments
+            .iter()
+            .all(|r| r.start <= r.end && r.end <= buf.len()));
+        let shared = std::rc::Rc::new(buf);
+        let mut pending: Vec<Range<usize>> =
+            segments.iter().filter(|r| !r.is_empty()).cloned().collect();
+        let mut next = 0; // first range not fully written
+        let mut result = Ok(());
+        while next < pending.len() {
+            let iovs: Vec<SharedRange> = pending[next..]
+                .iter()
+                .take(IOV_MAX)
+                .map(|r| SharedRange {
+                    buf: shared.clone(),
+                    range: r.clone(),
+                })
+                .collect();
+            let (res, iovs) = self.stream.writev(iovs).await;
+            drop(iovs);
+            match res {
+                Ok(0) => {
+                    result = Err(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(mut n) => {
+                    // Drop what was written; a partly written range keeps its tail.
+                    while n > 0 {
+                        let first = &mut pending[next];
+                        if n >= first.len() {
+                            n -= first.len();
+                            next += 1;
+                        } else {
+                            first.start += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let buf = std::rc::Rc::try_unwrap(shared).expect("every iovec of the write was dropped");
+        (result, buf)
+    }
+}
+
+/// Most iovecs passed to one `writev` (the kernel's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;

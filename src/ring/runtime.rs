@@ -6,8 +6,14 @@ use std::future::Future;
 pub const RING_ENTRIES: u32 = 1024;
 
 /// Spawns an OS thread named `name`, pins it to `core` (if that core exists) and runs `f`
-/// to completion on a fresh io_uring runtime there.
-pub fn spawn_pinned<F, Fut>(name: String, core: Option<usize>, f: F) -> std::thread::JoinHandle<()>
+/// to completion on a fresh io_uring runtime there. `ready` gets a message once the
+/// runtime is up.
+pub fn spawn_pinned<F, Fut>(
+    name: String,
+    core: Option<usize>,
+    ready: std::sync::mpsc::Sender<()>,
+    f: F,
+) -> std::thread::JoinHandle<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -23,7 +29,12 @@ where
                 }
             }
             // No SQPOLL / DEFER_TASKRUN: both misbehaved with tokio-uring in probes here.
-            tokio_uring::builder().entries(RING_ENTRIES).start(f());
+            tokio_uring::builder()
+                .entries(RING_ENTRIES)
+                .start(async move {
+                    let _ = ready.send(());
+                    f().await
+                });
         })
         .expect("spawn shard thread")
 }

@@ -52,7 +52,9 @@ pub fn piece_is_text(p: &Piece, in_text: &mut bool) -> bool {
 /// Renders the binary-frame payloads among `pieces` of `buf` as body bytes, in place, and
 /// returns the ranges to send. Text frames and fragments of text messages are skipped.
 /// `crlf_pending` carries "a chunk's data ended; its CRLF is not sent yet" across buffers.
-/// `in_text` carries "inside a fragmented text message".
+/// `in_text` carries "inside a fragmented text message". Bytes of `buf` after the last
+/// piece must be spent (the caller has taken any carried partial frame out first): the
+/// last chunk's CRLF is written there.
 pub fn render_body(
     buf: &mut [u8],
     pieces: &[Piece],
@@ -62,10 +64,12 @@ pub fn render_body(
     out: &mut Vec<Range<usize>>,
 ) {
     out.clear();
+    let mut last_body_end = None;
     for p in pieces {
         if piece_is_text(p, in_text) {
             continue;
         }
+        last_body_end = Some(p.payload.end);
         match framing {
             BodyFraming::Identity => push(out, p.payload.clone()),
             BodyFraming::Chunked => {
@@ -92,6 +96,14 @@ pub fn render_body(
                 }
             }
         }
+    }
+    // Finish the last chunk now when the buffer has room after it (what follows there is
+    // spent), so a client that waits for the chunk's CRLF gets an SSE event at once.
+    if let Some(end) = last_body_end.filter(|&e| *crlf_pending && e + 2 <= buf.len()) {
+        buf[end] = b'\r';
+        buf[end + 1] = b'\n';
+        push(out, end..end + 2);
+        *crlf_pending = false;
     }
 }
 
@@ -277,6 +289,9 @@ mod tests {
                 let mut buf = carry.clone();
                 buf.extend_from_slice(piece);
                 fwd.process(&mut buf, &mut batch).unwrap();
+                // As the pump does: carried bytes are taken before rendering, which may
+                // write into the spent bytes after the last frame.
+                carry = buf[batch.consumed..].to_vec();
                 render_body(
                     &mut buf,
                     &batch.pieces,
@@ -288,7 +303,6 @@ mod tests {
                 for r in &ranges {
                     body.extend_from_slice(&buf[r.clone()]);
                 }
-                carry = buf[batch.consumed..].to_vec();
             }
             body.extend_from_slice(last_chunk(crlf));
             let mut dec = ChunkedDecoder::default();

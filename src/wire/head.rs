@@ -13,6 +13,13 @@ pub enum Method {
     Other(String),
 }
 
+impl RequestHead {
+    /// The request declares a body (a non-zero length, or chunked).
+    pub fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+}
+
 impl Method {
     pub fn as_str(&self) -> &str {
         match self {
@@ -114,6 +121,10 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
             "sec-websocket-key" => head.ws_key = Some(value.to_string()),
             "sec-websocket-version" => head.ws_version = Some(value.to_string()),
             "content-length" => {
+                // Digits only: `+5` or ` 5` must not parse differently here than in a proxy.
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(HeadError::Malformed("invalid content-length"));
+                }
                 let n: u64 = value
                     .parse()
                     .map_err(|_| HeadError::Malformed("invalid content-length"))?;
@@ -123,8 +134,14 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
                 head.content_length = Some(n);
             }
             "transfer-encoding" => {
-                let last = tokens(value).last().unwrap_or("");
-                if !last.eq_ignore_ascii_case("chunked") {
+                // Only plain `chunked`, once: other codings are not decoded here, and a
+                // list a proxy could read differently is a smuggling vector.
+                let mut codings = tokens(value);
+                let only_chunked = codings
+                    .next()
+                    .is_some_and(|c| c.eq_ignore_ascii_case("chunked"))
+                    && codings.next().is_none();
+                if !only_chunked || head.chunked {
                     return Err(HeadError::Malformed("unsupported transfer-encoding"));
                 }
                 head.chunked = true;
@@ -169,5 +186,14 @@ mod tests {
         assert!(parse_request_head(smuggle).is_err());
         let two = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
         assert!(parse_request_head(two).is_err());
+        let plus = b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n";
+        assert!(parse_request_head(plus).is_err());
+        for te in ["gzip, chunked", "chunked, chunked", "identity"] {
+            let raw = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(parse_request_head(raw.as_bytes()).is_err(), "{te}");
+        }
+        let te_twice =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(parse_request_head(te_twice).is_err());
     }
 }

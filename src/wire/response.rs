@@ -69,6 +69,8 @@ pub enum BodyDelimit {
     Length(u64),
     /// HTTP/1.0 client without a length: the body ends when the connection closes.
     Close,
+    /// A status that has no body (204, 304): the writer's bytes are dropped.
+    NoBody,
 }
 
 /// The head of a channel streamed as an HTTP response. `headers` come from the writer's
@@ -101,7 +103,7 @@ pub fn streamed_head(
         BodyDelimit::Length(n) => {
             out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
         }
-        BodyDelimit::Close => {}
+        BodyDelimit::Close | BodyDelimit::NoBody => {}
     }
     let keep = keep_alive && delimit != BodyDelimit::Close;
     out.extend_from_slice(if keep {

@@ -145,17 +145,6 @@ impl Relay {
         String::from_utf8_lossy(&s[start..]).into_owned()
     }
 
-    /// The relay's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the relay logged so far.
-    pub fn log_all(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.dir.join("stderr.log")).unwrap_or_default())
-            .into_owned()
-    }
-
     /// Sends the relay a signal (e.g. "TERM").
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -814,14 +803,7 @@ impl Ws {
         let mut b = [0u8; 1];
         let r = self.stream.peek(&mut b);
         self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        match r {
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                true
-            }
-            _ => false,
-        }
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut)
     }
 
     pub fn set_read_timeout(&self, d: Duration) {
@@ -994,4 +976,134 @@ fn sha1_and_accept_known_answer() {
         accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     );
+}
+
+// ---------------------------------------------------------------------------
+// Process inspection and raw exchanges (added for tests/abuse.rs, tests/chaos.rs)
+// ---------------------------------------------------------------------------
+
+impl Relay {
+    /// The relay child's process id (for /proc/PID/status and /proc/PID/fd).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The whole stderr log (log_tail() keeps only its end).
+    pub fn log_all(&self) -> String {
+        let s = std::fs::read(self.dir.join("stderr.log")).unwrap_or_default();
+        String::from_utf8_lossy(&s).into_owned()
+    }
+
+    /// Panics if the relay exited or logged a panic.
+    pub fn assert_healthy(&mut self, what: &str) {
+        assert!(
+            self.alive(),
+            "{what}: relay process exited; log:\n{}",
+            self.log_tail()
+        );
+        let log = self.log_all();
+        assert!(
+            !log.contains("panicked"),
+            "{what}: relay logged a panic:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Resident set size in KiB (VmRSS from /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_field(self.pid(), "VmRSS:").unwrap_or(0)
+    }
+
+    /// Number of open file descriptors (entries of /proc/PID/fd).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// One metric's value (summed over labels); 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_sum(&self.metrics(), name).unwrap_or(0.0)
+    }
+}
+
+/// A numeric `/proc/PID/status` field (kB values).
+pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// How a raw exchange ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawEnd {
+    /// The peer closed (FIN).
+    Eof,
+    /// The peer reset the connection.
+    Reset,
+    /// Nothing more within the timeout; the connection is still open.
+    Timeout,
+    Other(String),
+}
+
+/// Sends `bytes` (write errors ignored: the peer may give up on us early), then reads
+/// until EOF, reset or `timeout`. Returns what came back and how it ended.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Vec<u8>, RawEnd) {
+    let mut s = tcp_connect(addr);
+    let _ = s.write_all(bytes);
+    read_all_until(&mut s, timeout)
+}
+
+/// Reads until EOF, reset or until `timeout` has passed in total.
+pub fn read_all_until(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, RawEnd) {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (out, RawEnd::Timeout);
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut tmp) {
+            Ok(0) => return (out, RawEnd::Eof),
+            Ok(n) => out.extend_from_slice(&tmp[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (out, RawEnd::Reset),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                return (out, RawEnd::Timeout)
+            }
+            Err(e) => return (out, RawEnd::Other(e.to_string())),
+        }
+    }
+}
+
+/// The status code of an HTTP response at the start of `bytes`, if there is one.
+pub fn status_of(bytes: &[u8]) -> Option<u16> {
+    let s = std::str::from_utf8(bytes.get(..bytes.len().min(64))?).ok()?;
+    let rest = s.strip_prefix("HTTP/1.")?;
+    rest.get(2..5)?.parse().ok()
+}
+
+/// The response head (up to CRLFCRLF) as text, or everything if there is no end.
+pub fn head_text(bytes: &[u8]) -> String {
+    let end = find(bytes, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A `Ws` over a stream whose upgrade was done by hand (its 101 head already consumed).
+pub fn ws_from_stream(stream: TcpStream) -> Ws {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    Ws {
+        stream,
+        rbuf: Vec::new(),
+        rpos: 0,
+    }
 }

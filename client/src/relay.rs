@@ -1,0 +1,393 @@
+//! The control API client: creating, inspecting and aborting channels.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chanref::ChannelRef;
+use crate::error::{Error, Result};
+use crate::http;
+use crate::reader::ChannelReader;
+use crate::writer::ChannelWriter;
+
+/// Default control API URL of a relay started with default settings.
+///
+/// # Example
+///
+/// ```
+/// use chanrelay_client::{Relay, DEFAULT_CONTROL_URL, DEFAULT_DATA_URL};
+/// let relay = Relay::new(DEFAULT_CONTROL_URL, DEFAULT_DATA_URL);
+/// assert_eq!(relay.control_url(), "http://127.0.0.1:49171");
+/// ```
+pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:49171";
+/// Default data-plane (WebSocket) base URL of a relay started with default settings.
+///
+/// # Example
+///
+/// ```
+/// use chanrelay_client::{ChannelRef, ChannelWriter, Direction, DEFAULT_DATA_URL};
+/// # let writer_ref = ChannelRef { channel_id: "c".into(), access_key: "k".into(), direction: Direction::Write };
+/// let writer = ChannelWriter::new(DEFAULT_DATA_URL, &writer_ref);
+/// ```
+pub const DEFAULT_DATA_URL: &str = "ws://127.0.0.1:49170";
+
+/// A handle on one relay: its control API (to create, inspect and delete channels) and its
+/// data-plane base URL (to open channel ends).
+///
+/// The control API does not tell clients where the data plane listens (a control engine
+/// usually knows both addresses, and the data plane may sit behind a proxy or a path
+/// prefix), so a `Relay` is built from both URLs:
+///
+/// - `control_url`: `http://host:port` of the control listener (default port 49171);
+/// - `data_url`: the base URL handed to [`ChannelWriter::new`] / [`ChannelReader::new`],
+///   `ws://host:port` plus the relay's path prefix if one is configured (default port 49170).
+///
+/// Building a `Relay` does no I/O; a bad URL is reported by the first call that uses it.
+///
+/// # Example
+///
+/// ```no_run
+/// use chanrelay_client::Relay;
+///
+/// # async fn example() -> chanrelay_client::Result<()> {
+/// let relay = Relay::new("http://127.0.0.1:49171", "ws://127.0.0.1:49170");
+/// let mut channel = relay.create_channel().await?;
+///
+/// let writer_task = tokio::spawn(async move {
+///     channel.writer.write(b"hello").await?;
+///     channel.writer.close().await
+/// });
+/// let data = channel.reader.read_all().await?;
+/// writer_task.await.unwrap()?;
+/// assert_eq!(data, b"hello");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Relay {
+    control_url: String,
+    data_url: String,
+    token: Option<String>,
+}
+
+/// Options for [`Relay::create_channel_with`]; `None` keeps the relay's default.
+///
+/// # Example
+///
+/// ```no_run
+/// use chanrelay_client::{ChannelOptions, Relay};
+///
+/// # async fn example(relay: Relay) -> chanrelay_client::Result<()> {
+/// let opts = ChannelOptions { buffer_bytes: Some(1 << 20), ttl_s: Some(30) };
+/// let channel = relay.create_channel_with(&opts).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelOptions {
+    /// Per-channel buffer limit in bytes (relay minimum 4096; default 4 MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffer_bytes: Option<u64>,
+    /// Seconds an end may wait for its peer before the channel is aborted (default 300).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+/// A freshly created channel: both local ends plus both serializable refs, as returned by
+/// the iii SDKs' `createChannel()`.
+///
+/// The local ends connect lazily, so an end you hand to someone else (by sending its ref)
+/// and never use locally costs nothing.
+///
+/// # Example
+///
+/// ```no_run
+/// use chanrelay_client::Relay;
+///
+/// # async fn example(relay: Relay) -> chanrelay_client::Result<()> {
+/// let channel = relay.create_channel().await?;
+/// // Keep the writer, give the reader's ref to another process as JSON.
+/// let payload = serde_json::json!({ "reader": channel.reader_ref });
+/// let mut writer = channel.writer;
+/// writer.write(b"data").await?;
+/// writer.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Channel {
+    /// The writer end, connected on first use.
+    pub writer: ChannelWriter,
+    /// The reader end, connected on first use.
+    pub reader: ChannelReader,
+    /// The writer end's ref (`direction: "write"`).
+    pub writer_ref: ChannelRef,
+    /// The reader end's ref (`direction: "read"`).
+    pub reader_ref: ChannelRef,
+}
+
+/// A channel's state as reported by `GET /v1/channels/{id}`.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn example(relay: chanrelay_client::Relay, id: &str) -> chanrelay_client::Result<()> {
+/// let info = relay.get_channel(id).await?;
+/// println!("{} bytes forwarded, reader connected: {}", info.bytes_forwarded, info.reader_connected);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct ChannelInfo {
+    /// The channel's id.
+    pub channel_id: String,
+    /// Whether a writer is connected.
+    pub writer_connected: bool,
+    /// Whether a reader is connected.
+    pub reader_connected: bool,
+    /// Payload bytes forwarded to the reader so far.
+    pub bytes_forwarded: u64,
+    /// Frames forwarded to the reader so far.
+    pub frames_forwarded: u64,
+    /// Bytes held by the relay for this channel right now.
+    pub buffered_bytes: u64,
+    /// Milliseconds since the channel was created.
+    pub age_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct CreateResponse {
+    writer: ChannelRef,
+    reader: ChannelRef,
+}
+
+impl Relay {
+    /// A relay whose control API is at `control_url` (`http://host:port`) and whose data
+    /// plane is at `data_url` (`ws://host:port[/prefix]`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let relay = chanrelay_client::Relay::new("http://127.0.0.1:49171", "ws://127.0.0.1:49170");
+    /// assert_eq!(relay.data_url(), "ws://127.0.0.1:49170");
+    /// ```
+    pub fn new(control_url: impl Into<String>, data_url: impl Into<String>) -> Relay {
+        Relay {
+            control_url: control_url.into(),
+            data_url: data_url.into(),
+            token: None,
+        }
+    }
+
+    /// A relay from the environment: `CHANRELAY_CONTROL` (default
+    /// [`DEFAULT_CONTROL_URL`]), `CHANRELAY_WS` (default [`DEFAULT_DATA_URL`]) and, if set,
+    /// `CHANRELAY_CONTROL_TOKEN` as the bearer token.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let relay = chanrelay_client::Relay::from_env();
+    /// println!("using {} / {}", relay.control_url(), relay.data_url());
+    /// ```
+    pub fn from_env() -> Relay {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let relay = Relay::new(
+            var("CHANRELAY_CONTROL", DEFAULT_CONTROL_URL),
+            var("CHANRELAY_WS", DEFAULT_DATA_URL),
+        );
+        match std::env::var("CHANRELAY_CONTROL_TOKEN") {
+            Ok(t) if !t.is_empty() => relay.with_token(t),
+            _ => relay,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every control API request (needed when the
+    /// relay has a `control_token` configured; without it the relay answers `401`).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let relay = chanrelay_client::Relay::new("http://127.0.0.1:49171", "ws://127.0.0.1:49170")
+    ///     .with_token("s3cret");
+    /// ```
+    pub fn with_token(mut self, token: impl Into<String>) -> Relay {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The control API URL this handle talks to.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let relay = chanrelay_client::Relay::new("http://h:1", "ws://h:2");
+    /// assert_eq!(relay.control_url(), "http://h:1");
+    /// ```
+    pub fn control_url(&self) -> &str {
+        &self.control_url
+    }
+
+    /// The data-plane base URL given to the channel ends this handle creates.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let relay = chanrelay_client::Relay::new("http://h:1", "ws://h:2");
+    /// assert_eq!(relay.data_url(), "ws://h:2");
+    /// ```
+    pub fn data_url(&self) -> &str {
+        &self.data_url
+    }
+
+    /// Creates a channel with the relay's default buffer size and TTL
+    /// (`POST /v1/channels`).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example(relay: chanrelay_client::Relay) -> chanrelay_client::Result<()> {
+    /// let channel = relay.create_channel().await?;
+    /// println!("channel {}", channel.reader_ref.channel_id);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn create_channel(&self) -> Result<Channel> {
+        self.create_channel_with(&ChannelOptions::default()).await
+    }
+
+    /// Creates a channel with the given buffer size and/or TTL (`POST /v1/channels`).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use chanrelay_client::ChannelOptions;
+    /// # async fn example(relay: chanrelay_client::Relay) -> chanrelay_client::Result<()> {
+    /// let channel = relay
+    ///     .create_channel_with(&ChannelOptions { ttl_s: Some(10), ..Default::default() })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn create_channel_with(&self, opts: &ChannelOptions) -> Result<Channel> {
+        let body = if opts.buffer_bytes.is_none() && opts.ttl_s.is_none() {
+            None
+        } else {
+            Some(serde_json::to_vec(opts).map_err(|e| Error::Protocol(e.to_string()))?)
+        };
+        let resp = self
+            .control("POST", "/v1/channels", body.as_deref())
+            .await?;
+        let created: CreateResponse = parse_json(&resp.body)?;
+        Ok(Channel {
+            writer: ChannelWriter::new(&self.data_url, &created.writer),
+            reader: ChannelReader::new(&self.data_url, &created.reader),
+            writer_ref: created.writer,
+            reader_ref: created.reader,
+        })
+    }
+
+    /// A channel's state (`GET /v1/channels/{id}`); an unknown id is `Error::Http { status: 404, .. }`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example(relay: chanrelay_client::Relay) -> chanrelay_client::Result<()> {
+    /// let channel = relay.create_channel().await?;
+    /// let info = relay.get_channel(&channel.writer_ref.channel_id).await?;
+    /// assert!(!info.writer_connected); // ends connect lazily
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_channel(&self, channel_id: &str) -> Result<ChannelInfo> {
+        let path = format!(
+            "/v1/channels/{}",
+            crate::chanref::percent_encode(channel_id)
+        );
+        let resp = self.control("GET", &path, None).await?;
+        parse_json(&resp.body)
+    }
+
+    /// Aborts a channel (`DELETE /v1/channels/{id}`): both connected ends get Close `1011`
+    /// `channel aborted`, which their [`ChannelReader`]/[`ChannelWriter`] report as
+    /// [`Error::Closed`].
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example(relay: chanrelay_client::Relay) -> chanrelay_client::Result<()> {
+    /// let channel = relay.create_channel().await?;
+    /// relay.delete_channel(&channel.reader_ref.channel_id).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_channel(&self, channel_id: &str) -> Result<()> {
+        let path = format!(
+            "/v1/channels/{}",
+            crate::chanref::percent_encode(channel_id)
+        );
+        self.control("DELETE", &path, None).await?;
+        Ok(())
+    }
+
+    /// A writer for `writer_ref` on this relay's data plane (same as
+    /// `ChannelWriter::new(relay.data_url(), writer_ref)`).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example(relay: chanrelay_client::Relay, writer_ref: chanrelay_client::ChannelRef)
+    /// # -> chanrelay_client::Result<()> {
+    /// let mut writer = relay.writer(&writer_ref);
+    /// writer.write(b"payload").await?;
+    /// writer.close().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn writer(&self, writer_ref: &ChannelRef) -> ChannelWriter {
+        ChannelWriter::new(&self.data_url, writer_ref)
+    }
+
+    /// A reader for `reader_ref` on this relay's data plane (same as
+    /// `ChannelReader::new(relay.data_url(), reader_ref)`).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example(relay: chanrelay_client::Relay, reader_ref: chanrelay_client::ChannelRef)
+    /// # -> chanrelay_client::Result<()> {
+    /// let bytes = relay.reader(&reader_ref).read_all().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reader(&self, reader_ref: &ChannelRef) -> ChannelReader {
+        ChannelReader::new(&self.data_url, reader_ref)
+    }
+
+    async fn control(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<http::Response> {
+        let resp =
+            http::request(&self.control_url, method, path, self.token.as_deref(), body).await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(Error::Http {
+                status: resp.status,
+                body: String::from_utf8_lossy(&resp.body).into_owned(),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Protocol(format!("unexpected control API response: {e}")))
+}
