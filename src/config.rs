@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
 /// Read size for active streams (the biggest lever on throughput).
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 256 << 10;
 /// Read size for idle connections and readers' control traffic (keeps idle ends cheap).
-pub const SMALL_READ_BYTES: usize = 4 << 10;
+pub const SMALL_READ_BYTES: usize = 2 << 10;
 /// Time a peer has to answer our Close before its socket is shut.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a function has to start answering a routed HTTP request (then `504`).

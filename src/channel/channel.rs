@@ -203,18 +203,20 @@ impl Channel {
         if st.end.is_some_and(|e| !e.delivers_pending()) && !st.tail_pending {
             return;
         }
-        st.held += chunk.buf.len();
+        st.held += chunk.buf.capacity();
         st.queue.push_back(chunk);
         drop(st);
         self.reader_wake.notify_one();
     }
 
-    /// A chunk of `cap` bytes was sent (or dropped): room for the writer.
-    pub fn release(&self, cap: usize) {
+    /// A queued chunk's buffer was sent (or dropped): the channel no longer holds it, so
+    /// the writer has room again; the buffer goes back to the pool.
+    pub fn recycle(&self, buf: Vec<u8>, pool: &super::shard::BufPool) {
         {
             let mut st = self.state.borrow_mut();
-            st.held = st.held.saturating_sub(cap);
+            st.held = st.held.saturating_sub(buf.capacity());
         }
+        pool.put(buf);
         self.writer_wake.notify_one();
     }
 
@@ -260,7 +262,7 @@ fn trim_to_frame_end(st: &mut ChannelState) -> bool {
             }
         }
     }
-    let dropped: usize = st.queue.drain(keep..).map(|c| c.buf.len()).sum();
+    let dropped: usize = st.queue.drain(keep..).map(|c| c.buf.capacity()).sum();
     st.held = st.held.saturating_sub(dropped);
     complete
 }

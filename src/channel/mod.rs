@@ -4,6 +4,7 @@
 pub mod accept;
 #[allow(clippy::module_inception)]
 pub mod channel;
+pub mod control_reader;
 pub mod pump;
 pub mod shard;
 

@@ -6,6 +6,7 @@
 use std::rc::Rc;
 
 use super::channel::{arm_close_timeout, send_close, Channel, Chunk, MAX_PENDING_PONGS};
+use super::control_reader::ControlReader;
 use super::shard::Shard;
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
@@ -52,7 +53,7 @@ pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Rc<Conn>, leftov
         let _ = conn.write_all(close_frame(code, reason)).await;
     }
     if let WriterExit::EndedElsewhere { answered: false } = exit {
-        drain_until_close(conn, &mut fwd).await;
+        drain_until_close(conn, fwd).await;
     }
     // Close the writer's TCP at once (the Python SDK waits for the server to close first).
     conn.shutdown();
@@ -97,10 +98,10 @@ async fn writer_loop(
             continue;
         }
         let mut buf = shard.pool.get(size);
-        buf[..carry.len()].copy_from_slice(&carry);
-        let mut filled = carry.len();
+        buf.extend_from_slice(&carry);
         if !pending_input {
-            let (res, b) = conn.read_into(buf, filled..size).await;
+            let room = size - buf.len();
+            let (res, b) = conn.read_append(buf, room).await;
             buf = b;
             match res {
                 Ok(0) | Err(_) => {
@@ -110,16 +111,15 @@ async fn writer_loop(
                     }
                     return WriterExit::Gone;
                 }
-                Ok(n) => {
-                    small = n < SMALL_READ_BYTES / 2;
-                    filled += n;
-                }
+                Ok(n) => small = n < SMALL_READ_BYTES / 2,
             }
         }
+        let filled = buf.len();
         pending_input = false;
         // On a protocol error the batch still holds every frame before the bad one.
         let result = fwd.process(&mut buf[..filled], &mut batch);
-        carry = buf[batch.consumed..filled].to_vec();
+        carry.clear();
+        carry.extend_from_slice(&buf[batch.consumed..filled]);
         if !batch.pings.is_empty() && ch.end().is_none() {
             // The writer asked; answering is not an unsolicited frame.
             let pongs: Vec<u8> = batch
@@ -187,24 +187,12 @@ fn push_or_recycle(shard: &Shard, ch: &Channel, chunk: Chunk) {
 
 /// Reads and discards what a peer still sends until its Close (or EOF, or the close
 /// timeout shuts the socket).
-async fn drain_until_close(conn: &Conn, fwd: &mut FrameForwarder) {
-    let mut batch = Batch::default();
-    let mut carry: Vec<u8> = Vec::new();
-    loop {
-        let size = SMALL_READ_BYTES.max(carry.len() * 2);
-        let mut buf = vec![0u8; size];
-        buf[..carry.len()].copy_from_slice(&carry);
-        let filled = carry.len();
-        let (res, buf) = conn.read_into(buf, filled..size).await;
-        let n = match res {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let mut buf = buf;
-        if fwd.process(&mut buf[..filled + n], &mut batch).is_err() || batch.close.is_some() {
+async fn drain_until_close(conn: &Conn, fwd: FrameForwarder) {
+    let mut peer = ControlReader::with_forwarder(fwd, Vec::new());
+    while let Ok(Some(batch)) = peer.next(conn).await {
+        if batch.close.is_some() {
             return;
         }
-        carry = buf[batch.consumed..filled + n].to_vec();
     }
 }
 
@@ -272,8 +260,7 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
             }
             Next::Send(chunk) => {
                 let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
-                ch.release(buf.len());
-                shard.pool.put(buf);
+                ch.recycle(buf, &shard.pool);
                 if res.is_err() {
                     ch.finish(StreamEnd::ReaderGone);
                     continue;
@@ -304,29 +291,16 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
 /// Reads what the reader sends: pings (answered), its Close, or its disappearance.
 /// Data frames from a reader are read and discarded.
 async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, leftover: Vec<u8>) {
-    let mut fwd = FrameForwarder::new(shard.config().max_frame_bytes);
-    let mut batch = Batch::default();
-    let mut carry = leftover;
-    let mut pending_input = !carry.is_empty();
+    let mut peer = ControlReader::new(shard.config().max_frame_bytes, leftover);
     loop {
-        let size = SMALL_READ_BYTES.max(carry.len() * 2);
-        let mut buf = vec![0u8; size];
-        buf[..carry.len()].copy_from_slice(&carry);
-        let mut filled = carry.len();
-        if !pending_input {
-            let (res, b) = conn.read_into(buf, filled..size).await;
-            buf = b;
-            match res {
-                Ok(0) | Err(_) => break,
-                Ok(n) => filled += n,
+        let batch = match peer.next(&conn).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(e) => {
+                ch.finish(StreamEnd::ReaderProtocol(e));
+                break;
             }
-        }
-        pending_input = false;
-        if let Err(e) = fwd.process(&mut buf[..filled], &mut batch) {
-            ch.finish(StreamEnd::ReaderProtocol(e));
-            break;
-        }
-        carry = buf[batch.consumed..filled].to_vec();
+        };
         if !batch.pings.is_empty() {
             let mut st = ch.state.borrow_mut();
             for p in batch.pings.drain(..) {

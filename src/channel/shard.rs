@@ -137,20 +137,22 @@ impl BufPool {
         self.size
     }
 
-    /// A buffer of exactly `len` usable bytes.
-    pub fn get(&self, len: usize) -> Vec<u8> {
-        if len == self.size {
+    /// An empty buffer with room for `cap` bytes (not zeroed: reads fill it).
+    pub fn get(&self, cap: usize) -> Vec<u8> {
+        if cap == self.size {
             if let Some(b) = self.free.borrow_mut().pop() {
                 return b;
             }
         }
-        vec![0u8; len]
+        Vec::with_capacity(cap)
     }
 
-    pub fn put(&self, buf: Vec<u8>) {
-        if buf.len() == self.size {
+    /// Takes a buffer back for reuse (full-size ones only, up to `POOL_KEEP`).
+    pub fn put(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == self.size {
             let mut free = self.free.borrow_mut();
             if free.len() < POOL_KEEP {
+                buf.clear();
                 free.push(buf);
             }
         }

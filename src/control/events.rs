@@ -7,18 +7,16 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::channel::control_reader::ControlReader;
 use crate::channel::Shared;
 use crate::http::ingress::Outgoing;
 use crate::ring::{self, Conn};
-use crate::wire::forward::{Batch, FrameForwarder};
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 use crate::wire::head::RequestHead;
 use crate::wire::response::{error_response, switching_protocols};
 
 /// Largest frame accepted from a subscriber (it has no reason to send data).
 const MAX_SUBSCRIBER_FRAME: u64 = 64 << 10;
-/// Read size on a subscriber's socket.
-const EVENTS_READ_BYTES: usize = 4096;
 
 /// Upgrades the connection and streams events until the subscriber leaves.
 pub async fn serve_events(
@@ -67,28 +65,8 @@ pub async fn serve_events(
 
 /// Reads the subscriber's frames: answers pings, ends on Close, EOF or garbage.
 async fn read_subscriber(conn: Rc<Conn>, tx: mpsc::UnboundedSender<Outgoing>, leftover: Vec<u8>) {
-    let mut fwd = FrameForwarder::new(MAX_SUBSCRIBER_FRAME);
-    let mut batch = Batch::default();
-    let mut carry = leftover;
-    let mut pending = !carry.is_empty();
-    loop {
-        let size = EVENTS_READ_BYTES.max(carry.len() * 2);
-        let mut buf = vec![0u8; size];
-        buf[..carry.len()].copy_from_slice(&carry);
-        let mut filled = carry.len();
-        if !pending {
-            let (res, b) = conn.read_into(buf, filled..size).await;
-            buf = b;
-            match res {
-                Ok(n) if n > 0 => filled += n,
-                _ => break,
-            }
-        }
-        pending = false;
-        if fwd.process(&mut buf[..filled], &mut batch).is_err() {
-            break;
-        }
-        carry = buf[batch.consumed..filled].to_vec();
+    let mut peer = ControlReader::new(MAX_SUBSCRIBER_FRAME, leftover);
+    while let Ok(Some(batch)) = peer.next(&conn).await {
         if !batch.pings.is_empty() {
             let frames = batch
                 .pings

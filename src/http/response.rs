@@ -7,9 +7,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::channel::channel::{Channel, Chunk};
+use crate::channel::control_reader::CONTROL_READ_BYTES;
 use crate::channel::pump::{next_for_reader, send_segments, Next};
 use crate::channel::Shard;
-use crate::config::SMALL_READ_BYTES;
 use crate::error::StreamEnd;
 use crate::ring::Conn;
 use crate::wire::chunked::{last_chunk, piece_is_text, render_body, BodyFraming};
@@ -114,11 +114,10 @@ async fn watch_client(
     // Stop reading once a whole next request is buffered (or the bytes cannot be one).
     let complete = |b: &[u8]| !matches!(crate::wire::head::parse_request_head(b), Ok(None));
     while bytes.len() < max && (bytes.is_empty() || !complete(&bytes)) {
-        let (res, buf) = conn
-            .read_into(vec![0u8; SMALL_READ_BYTES], 0..SMALL_READ_BYTES)
-            .await;
+        let (res, b) = conn.read_append(bytes, CONTROL_READ_BYTES).await;
+        bytes = b;
         match res {
-            Ok(n) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            Ok(n) if n > 0 => {}
             _ => {
                 if !progress.done.get() {
                     if progress.took_data.get() {
@@ -231,7 +230,7 @@ async fn stream_response(
                         .await
                         .is_err()
                     {
-                        ch.release(chunk.buf.len());
+                        ch.recycle(chunk.buf, &shard.pool);
                         ch.finish(StreamEnd::ReaderGone);
                         continue;
                     }
@@ -239,8 +238,7 @@ async fn stream_response(
                 }
                 let Some(d) = delimit.filter(|d| *d != BodyDelimit::NoBody) else {
                     // Only control messages so far, or a status without a body.
-                    ch.release(chunk.buf.len());
-                    shard.pool.put(chunk.buf);
+                    ch.recycle(chunk.buf, &shard.pool);
                     continue;
                 };
                 let framing = if d == BodyDelimit::Chunked {
@@ -248,6 +246,10 @@ async fn stream_response(
                 } else {
                     BodyFraming::Identity
                 };
+                // Room for the last chunk's CRLF right after it, if the buffer has it.
+                if chunk.buf.capacity() >= chunk.buf.len() + 2 {
+                    chunk.buf.extend_from_slice(&[0, 0]);
+                }
                 render_body(
                     &mut chunk.buf,
                     &chunk.pieces,
@@ -262,8 +264,7 @@ async fn stream_response(
                 }
                 let len: u64 = ranges.iter().map(|r| r.len() as u64).sum();
                 let (res, buf) = send_segments(conn, chunk.buf, &ranges).await;
-                ch.release(buf.len());
-                shard.pool.put(buf);
+                ch.recycle(buf, &shard.pool);
                 if res.is_err() {
                     ch.finish(StreamEnd::ReaderGone);
                     continue;

@@ -23,14 +23,16 @@ const HEADROOM: usize = MAX_HEADER_LEN;
 /// Room after each frame's payload (an HTTP reader ends its chunk there).
 const TAILROOM: usize = 2;
 
-/// A buffer for one frame of up to `len` payload bytes.
+/// A buffer for one frame of up to `len` payload bytes, holding just the header's room.
 fn frame_buf(len: usize) -> Vec<u8> {
-    vec![0u8; HEADROOM + len + TAILROOM]
+    let mut buf = Vec::with_capacity(HEADROOM + len + TAILROOM);
+    buf.resize(HEADROOM, 0);
+    buf
 }
 
 /// Turns `buf[HEADROOM..HEADROOM + n]` into one binary frame and queues it.
 fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
-    buf.truncate(HEADROOM + n + TAILROOM);
+    buf.resize(HEADROOM + n + TAILROOM, 0);
     let hl = server_header_len(n as u64);
     write_server_header(
         &mut buf[HEADROOM - hl..HEADROOM],
@@ -158,11 +160,11 @@ async fn read_length(
         let mut buf = frame_buf(want);
         let n = if !pending.is_empty() {
             let n = want.min(pending.len());
-            buf[HEADROOM..HEADROOM + n].copy_from_slice(&pending[..n]);
+            buf.extend_from_slice(&pending[..n]);
             pending.drain(..n);
             n
         } else {
-            let (res, b) = conn.read_into(buf, HEADROOM..HEADROOM + want).await;
+            let (res, b) = conn.read_append(buf, want).await;
             buf = b;
             match res {
                 Ok(0) | Err(_) => return Err(ch.end().unwrap_or(StreamEnd::WriterDisconnected)),
@@ -200,7 +202,7 @@ async fn read_chunked(
                     return Err(end);
                 }
                 let mut buf = frame_buf(piece.len());
-                buf[HEADROOM..HEADROOM + piece.len()].copy_from_slice(piece);
+                buf.extend_from_slice(piece);
                 queue_frame(ch, buf, piece.len());
                 total += piece.len() as u64;
             }

@@ -38,6 +38,16 @@ impl Conn {
         (res, slice.into_inner())
     }
 
+    /// Reads up to `max` bytes appended to `buf` (into its spare capacity, reserved if
+    /// needed — nothing is zeroed first). Returns the bytes read (0 = EOF); `buf.len()`
+    /// grows by that much. Never drop this while in flight (see `read_into`).
+    pub async fn read_append(&self, mut buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        let start = buf.len();
+        buf.reserve(max);
+        let (res, slice) = self.stream.read(buf.slice(start..start + max)).await;
+        (res, slice.into_inner())
+    }
+
     /// Writes all of `buf[range]`.
     pub async fn write_range(
         &self,

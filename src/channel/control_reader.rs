@@ -1,0 +1,54 @@
+//! Reading a peer that sends us only control traffic (a reader's pings and Close, a writer
+//! answering our Close, an engine on the event stream): one small buffer, reused, with any
+//! partial frame carried to the next read. Data frames are parsed and skipped.
+
+use crate::ring::Conn;
+use crate::wire::forward::{Batch, FrameForwarder};
+use crate::wire::frame::FrameError;
+
+/// Read size for control-only peers: control frames are at most 131 bytes.
+pub const CONTROL_READ_BYTES: usize = 512;
+
+pub struct ControlReader {
+    fwd: FrameForwarder,
+    batch: Batch,
+    buf: Vec<u8>,
+    /// `buf` holds bytes not processed yet (brought along with the handshake).
+    pending: bool,
+}
+
+impl ControlReader {
+    /// `leftover`: bytes already read past the handshake.
+    pub fn new(max_frame: u64, leftover: Vec<u8>) -> ControlReader {
+        ControlReader::with_forwarder(FrameForwarder::new(max_frame), leftover)
+    }
+
+    /// Continues a stream another loop was reading (its parser state carries over).
+    pub fn with_forwarder(fwd: FrameForwarder, leftover: Vec<u8>) -> ControlReader {
+        ControlReader {
+            fwd,
+            batch: Batch::default(),
+            pending: !leftover.is_empty(),
+            buf: leftover,
+        }
+    }
+
+    /// Reads once and parses what arrived. `Ok(None)`: EOF or a socket error. Never drop the
+    /// returned future while it is in flight (it owns a read).
+    pub async fn next(&mut self, conn: &Conn) -> Result<Option<&mut Batch>, FrameError> {
+        if !std::mem::take(&mut self.pending) {
+            let buf = std::mem::take(&mut self.buf);
+            let (res, buf) = conn.read_append(buf, CONTROL_READ_BYTES).await;
+            self.buf = buf;
+            match res {
+                Ok(n) if n > 0 => {}
+                _ => return Ok(None),
+            }
+        }
+        let result = self.fwd.process(&mut self.buf, &mut self.batch);
+        let consumed = self.batch.consumed;
+        result?;
+        self.buf.drain(..consumed);
+        Ok(Some(&mut self.batch))
+    }
+}
