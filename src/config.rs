@@ -30,8 +30,11 @@ pub const DEFAULT_MAX_HEAD_BYTES: usize = 8 << 10;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Connections open at once on the data plane, all shards together (over → 503).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
-/// Read size for active streams (the biggest lever on throughput).
-pub const DEFAULT_READ_BUFFER_BYTES: usize = 256 << 10;
+/// Largest read on an active stream (read size is the biggest lever on throughput).
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 1 << 20;
+/// Buffer memory per shard shared by its active streams: each holds at most
+/// `budget / streams` (and its channel's `buffer_bytes`) and reads a quarter of that.
+pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 96 << 20;
 /// Read size for idle connections and readers' control traffic (keeps idle ends cheap).
 pub const SMALL_READ_BYTES: usize = 2 << 10;
 /// Time a peer has to answer our Close before its socket is shut.
@@ -59,6 +62,7 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     pub max_connections: usize,
     pub read_buffer_bytes: usize,
+    pub stream_budget_bytes: usize,
     /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
     pub path_prefix: String,
     /// Time a function has to connect to a routed request's response channel.
@@ -85,6 +89,7 @@ impl Default for Config {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             path_prefix: String::new(),
             ingress_timeout_ms: DEFAULT_INGRESS_TIMEOUT_MS,
             signing_secret: None,
@@ -151,6 +156,12 @@ impl Config {
                 "signing_secret must be at least {MIN_SIGNING_SECRET_BYTES} bytes"
             ));
         }
+        in_range(
+            "stream_budget_bytes",
+            self.stream_budget_bytes as u64,
+            1 << 20,
+            1 << 40,
+        )?;
         if !self.path_prefix.is_empty()
             && (!self.path_prefix.starts_with('/') || self.path_prefix.ends_with('/'))
         {

@@ -55,6 +55,8 @@ pub struct ChannelState {
     /// The relay is ending the reader's connection (its Close sent, or its TCP about to be
     /// cut): what the reader does after that is not "reader gone".
     pub reader_close_sent: bool,
+    /// The reader's sender is writing data to it right now.
+    pub reader_busy: bool,
     /// The last chunk handed to the reader's sender ends at a frame boundary.
     pub reader_at_boundary: bool,
     /// The writer speaks WebSocket (not an HTTP upload).
@@ -109,6 +111,7 @@ impl Channel {
                 reader_pongs: Vec::new(),
                 reader_pongs_count: 0,
                 reader_close_sent: false,
+                reader_busy: false,
                 reader_at_boundary: true,
                 writer_is_ws: false,
                 writer_close_sent: false,
@@ -165,6 +168,10 @@ impl Channel {
         }
         let end = st.end.expect("just set");
         if !end.delivers_pending() {
+            if end.side() == crate::error::Side::Reader {
+                // The reader itself left: nothing more is sent to it.
+                st.reader_at_boundary = true;
+            }
             let complete = trim_to_frame_end(&mut st);
             st.tail_pending = !complete && st.writer_is_ws && st.writer_conn.is_some();
             if let Some(w) = st.writer_conn.clone() {
@@ -211,7 +218,7 @@ impl Channel {
 
     /// A queued chunk's buffer was sent (or dropped): the channel no longer holds it, so
     /// the writer has room again; the buffer goes back to the pool.
-    pub fn recycle(&self, buf: Vec<u8>, pool: &super::shard::BufPool) {
+    pub fn recycle(&self, buf: Vec<u8>, pool: &crate::ring::BufPool) {
         {
             let mut st = self.state.borrow_mut();
             st.held = st.held.saturating_sub(buf.capacity());

@@ -66,7 +66,7 @@ async fn writer_loop(
     fwd: &mut FrameForwarder,
     leftover: Vec<u8>,
 ) -> WriterExit {
-    let read_size = shard.pool.read_size().min(ch.limit);
+    let _stream = shard.pool.stream();
     let mut batch = Batch::default();
     let mut carry = leftover;
     // The handshake may have brought frames along: process them before the first read.
@@ -84,16 +84,19 @@ async fn writer_loop(
                 crate::ring::spawn(send_close(conn.clone(), code, reason));
             }
         }
+        // Idle or trickling writers park a small read; streaming ones get their share of
+        // the shard's read budget (never more than the channel may hold).
+        let limit = ch.limit.min(shard.pool.stream_hold_share());
         let size = if small {
-            SMALL_READ_BYTES.min(read_size)
+            SMALL_READ_BYTES
         } else {
-            read_size
+            shard.pool.stream_read_size().min(limit)
         };
-        let size = size.max(carry.len() + SMALL_READ_BYTES.min(read_size));
+        let size = size.max(carry.len() + SMALL_READ_BYTES);
         // Backpressure: hold at most `limit` bytes; until there is room the writer's
         // socket is not read and TCP flow control throttles it.
         let held = ch.state.borrow().held;
-        if !pending_input && held > 0 && held + size > ch.limit && ch.end().is_none() {
+        if !pending_input && held > 0 && held + size > limit && ch.end().is_none() {
             ch.writer_wake.notified().await;
             continue;
         }
@@ -215,6 +218,10 @@ pub async fn send_segments(
     }
 }
 
+/// How long the Close echo to a reader that closed first may take before its connection is
+/// reset instead.
+pub const READER_GONE_ECHO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the reader's sender does next.
 pub enum Next {
     Send(Chunk),
@@ -259,7 +266,9 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
                 }
             }
             Next::Send(chunk) => {
+                ch.state.borrow_mut().reader_busy = true;
                 let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
+                ch.state.borrow_mut().reader_busy = false;
                 ch.recycle(buf, &shard.pool);
                 if res.is_err() {
                     ch.finish(StreamEnd::ReaderGone);
@@ -275,7 +284,16 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
     ch.state.borrow_mut().reader_close_sent = true;
     // A Close may only follow a complete frame; a stream cut mid-frame just ends the TCP.
     if end == StreamEnd::ReaderGone {
-        // The reader closed first (or vanished): echo its Close; a failed write is harmless.
+        // The reader closed first (or vanished): echo its Close. A reader that stopped
+        // reading with our data still in flight cannot take it: reset the connection if
+        // the echo does not go out promptly.
+        let weak = Rc::downgrade(conn);
+        ring::spawn(async move {
+            tokio::time::sleep(READER_GONE_ECHO_TIMEOUT).await;
+            if let Some(c) = weak.upgrade() {
+                c.abort();
+            }
+        });
         let _ = conn.write_all(close_frame(1000, "")).await;
     } else if at_boundary {
         let (code, reason) = end.reader_close();
@@ -319,6 +337,11 @@ async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, lef
     // Either the answer to our Close, or the reader leaving before the stream ended.
     if !ch.state.borrow().reader_close_sent {
         ch.finish(StreamEnd::ReaderGone);
+        if ch.state.borrow().reader_busy {
+            // A reader that closed may stop reading: a data write to it could then block
+            // our Close reply for good. Its frame cannot be finished anyway; reset the TCP.
+            conn.abort();
+        }
     }
     ch.reader_done.notify_one();
 }

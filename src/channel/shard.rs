@@ -14,7 +14,7 @@ use super::channel::Channel;
 use crate::config::Config;
 use crate::control::metrics::METRICS;
 use crate::error::StreamEnd;
-use crate::ring::{self, Conn, Listener};
+use crate::ring::{self, BufPool, Conn, Listener};
 use crate::wire::head::RequestHead;
 use crate::wire::route::ChannelTarget;
 
@@ -114,49 +114,6 @@ pub fn owner_of(channel_id: &str, shards: usize) -> usize {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % shards as u64) as usize
-}
-
-/// Per-shard buffer pool for full-size stream reads.
-pub struct BufPool {
-    size: usize,
-    free: RefCell<Vec<Vec<u8>>>,
-}
-
-/// Full-size buffers a shard keeps for reuse.
-pub const POOL_KEEP: usize = 64;
-
-impl BufPool {
-    pub fn new(size: usize) -> BufPool {
-        BufPool {
-            size,
-            free: RefCell::new(Vec::new()),
-        }
-    }
-
-    pub fn read_size(&self) -> usize {
-        self.size
-    }
-
-    /// An empty buffer with room for `cap` bytes (not zeroed: reads fill it).
-    pub fn get(&self, cap: usize) -> Vec<u8> {
-        if cap == self.size {
-            if let Some(b) = self.free.borrow_mut().pop() {
-                return b;
-            }
-        }
-        Vec::with_capacity(cap)
-    }
-
-    /// Takes a buffer back for reuse (full-size ones only, up to `POOL_KEEP`).
-    pub fn put(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == self.size {
-            let mut free = self.free.borrow_mut();
-            if free.len() < POOL_KEEP {
-                buf.clear();
-                free.push(buf);
-            }
-        }
-    }
 }
 
 pub struct Shard {
@@ -317,7 +274,10 @@ pub async fn run_shard(
 ) {
     let shard = Rc::new(Shard {
         index,
-        pool: BufPool::new(shared.config.read_buffer_bytes),
+        pool: BufPool::new(
+            shared.config.read_buffer_bytes,
+            shared.config.stream_budget_bytes,
+        ),
         shared,
         channels: RefCell::new(HashMap::new()),
         used_signed: RefCell::new(HashMap::new()),

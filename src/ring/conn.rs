@@ -77,6 +77,17 @@ impl Conn {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
+    /// Ends the connection abortively: the close that follows sends a reset, discarding
+    /// unsent data, so a peer that stopped reading learns at once that we are gone.
+    pub fn abort(&self) {
+        let fd = self.stream.as_raw_fd();
+        // SAFETY: `fd` is owned by `self.stream`, alive for this borrow; we only set an
+        // option on it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = socket2::SockRef::from(&borrowed).set_linger(Some(std::time::Duration::ZERO));
+        self.shutdown();
+    }
+
     /// Detaches the socket so it can be sent to another shard's ring: the descriptor is
     /// duplicated, and this shard's copy is closed when `self` drops.
     pub fn into_std(self) -> io::Result<std::net::TcpStream> {
