@@ -37,6 +37,8 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 1 << 20;
 pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 96 << 20;
 /// Read size for idle connections and readers' control traffic (keeps idle ends cheap).
 pub const SMALL_READ_BYTES: usize = 2 << 10;
+/// A paired channel where nothing moved on either end for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3600;
 /// Time a peer has to answer our Close before its socket is shut.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a function has to start answering a routed HTTP request (then `504`).
@@ -61,6 +63,9 @@ pub struct Config {
     pub max_head_bytes: usize,
     pub handshake_timeout_ms: u64,
     pub max_connections: usize,
+    /// Connections one shard accepts at once (the kernel spreads them; this caps a skew).
+    pub max_connections_per_shard: usize,
+    pub idle_timeout_s: u64,
     pub read_buffer_bytes: usize,
     pub stream_budget_bytes: usize,
     /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
@@ -88,6 +93,8 @@ impl Default for Config {
             max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_shard: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             path_prefix: String::new(),

@@ -76,6 +76,8 @@ pub enum StreamEnd {
     PeerNeverConnected,
     /// The relay is shutting down.
     ShuttingDown,
+    /// Nothing moved in either direction for `idle_timeout_s`.
+    IdleTimeout,
 }
 
 impl StreamEnd {
@@ -85,9 +87,10 @@ impl StreamEnd {
                 Side::Writer
             }
             StreamEnd::ReaderGone | StreamEnd::ReaderProtocol(_) => Side::Reader,
-            StreamEnd::Aborted | StreamEnd::PeerNeverConnected | StreamEnd::ShuttingDown => {
-                Side::Internal
-            }
+            StreamEnd::Aborted
+            | StreamEnd::PeerNeverConnected
+            | StreamEnd::ShuttingDown
+            | StreamEnd::IdleTimeout => Side::Internal,
         }
     }
 
@@ -112,6 +115,7 @@ impl StreamEnd {
             StreamEnd::Aborted => (1011, "channel aborted"),
             StreamEnd::PeerNeverConnected => (1011, "peer never connected"),
             StreamEnd::ShuttingDown => (1001, "relay shutting down"),
+            StreamEnd::IdleTimeout => (1001, "idle timeout"),
         }
     }
 
@@ -126,6 +130,7 @@ impl StreamEnd {
             StreamEnd::Aborted => (1011, "channel aborted"),
             StreamEnd::PeerNeverConnected => (1011, "peer never connected"),
             StreamEnd::ShuttingDown => (1001, "relay shutting down"),
+            StreamEnd::IdleTimeout => (1001, "idle timeout"),
         }
     }
 
@@ -138,6 +143,7 @@ impl StreamEnd {
             StreamEnd::Aborted => 410,
             StreamEnd::PeerNeverConnected => 504,
             StreamEnd::ShuttingDown => 503,
+            StreamEnd::IdleTimeout => 408,
         }
     }
 
@@ -152,10 +158,11 @@ impl StreamEnd {
             StreamEnd::Aborted => "aborted",
             StreamEnd::PeerNeverConnected => "peer_never_connected",
             StreamEnd::ShuttingDown => "shutting_down",
+            StreamEnd::IdleTimeout => "idle_timeout",
         }
     }
 
-    pub const ALL_LABELS: [&'static str; 8] = [
+    pub const ALL_LABELS: [&'static str; 9] = [
         "clean",
         "writer_disconnected",
         "writer_protocol",
@@ -164,6 +171,7 @@ impl StreamEnd {
         "aborted",
         "peer_never_connected",
         "shutting_down",
+        "idle_timeout",
     ];
 
     pub fn label_index(self) -> usize {

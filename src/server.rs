@@ -37,6 +37,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         config,
         draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
+        shard_connections: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         peers,
         routes: Default::default(),
         subscribers: Default::default(),

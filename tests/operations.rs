@@ -206,3 +206,37 @@ fn access_keys_never_appear_in_logs() {
     }
     assert!(!log.contains(SECRET));
 }
+
+#[test]
+fn idle_channels_are_closed_after_the_idle_timeout() {
+    let relay = Relay::with_config("idle_timeout_s = 1\n");
+    let ch = relay.create();
+    let mut w = relay.connect(&ch, "write");
+    let mut r = relay.connect(&ch, "read");
+    // Traffic keeps it open past the timeout.
+    for _ in 0..4 {
+        transfer(&mut w, &mut r, b"still here");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Then nothing moves: both ends are told.
+    let start = Instant::now();
+    assert_eq!(r.expect_close("reader"), (1001, "idle timeout".to_string()));
+    assert_eq!(w.expect_close("writer"), (1001, "idle timeout".to_string()));
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let m = relay.metrics();
+    assert!(
+        m.contains("chanrelay_channel_ends_total{reason=\"idle_timeout\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn per_shard_connection_limit_is_503_before_the_upgrade() {
+    let relay = Relay::spawn(Some("max_connections_per_shard = 2\n"), 1);
+    let a = relay.create();
+    let _w = relay.connect(&a, "write");
+    let _r = relay.connect(&a, "read");
+    let b = relay.create();
+    let (hs, _) = relay.try_connect(&ws_path(&b.id, &b.key, "write"), &[]);
+    assert_eq!(hs.status, 503);
+}

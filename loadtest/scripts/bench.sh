@@ -25,4 +25,5 @@ for i in 1 2 3; do
   run idle-$i  --spawn --runs 1 idle --channels 4000
   run stall-$i --spawn --runs 1 stall --bytes 1GiB
 done
-run http      --spawn http
+run http1     --spawn --runs 5 http --channels 1 --bytes 1GiB
+run http16    --spawn --runs 5 http --channels 16 --bytes 64MiB

@@ -2,6 +2,7 @@
 //! (`direct`: writer socket straight to reader socket; `copy-proxy`: a blocking read/write
 //! forwarder with 1 MiB reads) in one run, and prints each figure and the ratios.
 
+mod chunked;
 mod proc;
 mod report;
 mod scenarios;
@@ -202,8 +203,27 @@ enum Scenario {
         #[arg(long, default_value_t = 120)]
         time_limit_s: u64,
     },
-    /// A channel downloaded as an HTTP response (not implemented yet: prints so).
-    Http,
+    /// K channels × S bytes downloaded as HTTP/1.1 chunked responses (DESIGN §5.1): a
+    /// WebSocket writer (64 KiB masked frames), a plain `GET` reader, every byte verified.
+    /// Baselines: the writer sends the same chunked response itself.
+    Http {
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        /// Bytes per channel.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        bytes: u64,
+        /// Frame size (= chunk size).
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        frame: u64,
+        /// Client write batch [default: 1 MiB up to 16 channels, else 256 KiB]
+        #[arg(long, value_parser = parse_size)]
+        write_size: Option<u64>,
+        /// HTTP reader's read size.
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+        read_size: u64,
+        #[arg(long, default_value_t = 300)]
+        time_limit_s: u64,
+    },
     /// (internal) the copy-proxy baseline process.
     #[command(hide = true)]
     CopyProxy {
@@ -267,10 +287,6 @@ fn main() {
 
 fn run(cli: Cli) -> Result<(), String> {
     let g = &cli.g;
-    if matches!(cli.scenario, Scenario::Http) {
-        println!("http: not measured — this scenario is not implemented in chanrelay-load yet (it was written before the relay's HTTP endpoints, DESIGN §5, landed); nothing measured.");
-        return Ok(());
-    }
     if g.runs == 0 || g.runs > 100 {
         return Err("--runs must be 1..=100".into());
     }
@@ -360,9 +376,52 @@ fn run(cli: Cli) -> Result<(), String> {
                 write_size: ws as usize,
                 read_size: read_size.unwrap_or(ws) as usize,
                 time_limit: Duration::from_secs(*time_limit_s),
+                http: false,
             };
             title = format!(
                 "throughput: {} channel(s) × {}, {} frames, every byte verified",
+                channels,
+                human(*bytes),
+                human(*frame)
+            );
+            params = json!({"channels": channels, "bytes": bytes, "frame": frame, "write_size": p.write_size, "read_size": p.read_size});
+            y_label = "GB/s";
+            Box::new(move |s, l| scenarios::throughput(&ctx, s, &p, l))
+        }
+        Scenario::Http {
+            channels,
+            bytes,
+            frame,
+            write_size,
+            read_size,
+            time_limit_s,
+        } => {
+            if *channels == 0
+                || *channels > 4096
+                || *bytes == 0
+                || *frame == 0
+                || *frame > 16 << 20
+                || *read_size == 0
+                || *read_size > 64 << 20
+            {
+                return Err(
+                    "need 1..=4096 channels, bytes > 0, frame 1..=16MiB, read size 1..=64MiB"
+                        .into(),
+                );
+            }
+            let ws = write_size.unwrap_or(if *channels <= 16 { 1 << 20 } else { 256 << 10 });
+            let p = scenarios::StreamParams {
+                channels: *channels,
+                bytes: *bytes,
+                frame: *frame as usize,
+                write_size: ws as usize,
+                read_size: *read_size as usize,
+                time_limit: Duration::from_secs(*time_limit_s),
+                http: true,
+            };
+            title = format!(
+                "http: {} channel(s) × {} downloaded as HTTP/1.1 chunked responses, {} frames = chunks, every byte verified \
+                 (chanrelay: WebSocket writer → relay → GET reader; baselines: the writer sends the chunked response itself)",
                 channels,
                 human(*bytes),
                 human(*frame)
@@ -387,6 +446,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 write_size: *write_size as usize,
                 read_size: *write_size as usize,
                 time_limit: Duration::from_secs(*time_limit_s),
+                http: false,
             };
             title = format!(
                 "rate: {messages} × {} messages pipelined on one channel",
@@ -478,7 +538,7 @@ fn run(cli: Cli) -> Result<(), String> {
             y_label = "";
             Box::new(move |s, l| scenarios::stall(&ctx, s, &p, l))
         }
-        Scenario::Http | Scenario::CopyProxy { .. } => unreachable!(),
+        Scenario::CopyProxy { .. } => unreachable!(),
     };
 
     println!("{title}");

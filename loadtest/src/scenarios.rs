@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::chunked::{self, ChunkEvent, ChunkedDecoder};
 use crate::proc::{cpu_seconds, hwm_kib, rss_kib, Sampler, SamplerSpec};
 use crate::report::{Metric, RunResult};
 use crate::targets::{ChannelOpts, Pair, System, Targets};
@@ -179,6 +180,210 @@ pub struct ReadOutcome {
     pub done: Instant,
 }
 
+/// Checks `d`, the bytes at `off` of frame (or chunk) `seq`: the sequence word, then the
+/// pattern.
+fn check_piece(word: &[u8; 8], pattern: &[u8], seq: u64, off: usize, d: &[u8]) -> io::Result<()> {
+    let mut i = 0;
+    while off + i < 8 && i < d.len() {
+        if d[i] != word[off + i] {
+            return Err(io::Error::other(format!(
+                "data mismatch in frame {seq} header word at byte {}",
+                off + i
+            )));
+        }
+        i += 1;
+    }
+    if off + d.len() > pattern.len() || d[i..] != pattern[off + i..off + d.len()] {
+        return Err(io::Error::other(format!(
+            "data mismatch in frame {seq} at offset {off}..{}",
+            off + d.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The baselines' writer for the `http` scenario: reads the reader's request head, then
+/// sends `200` with a chunked body itself, one chunk per frame (same payloads as
+/// `write_stream`), the last chunk, and closes its sending side.
+fn write_chunked_stream(
+    conn: &mut WsConn,
+    ch: u64,
+    total: u64,
+    frame: usize,
+    batch: usize,
+    pattern: &[u8],
+) -> io::Result<()> {
+    let mut head = std::mem::take(&mut conn.leftover);
+    let mut tmp = [0u8; 4096];
+    while chunked::head_end(&head).is_none() {
+        if head.len() > chunked::MAX_HEAD {
+            return Err(io::Error::other("request head too large"));
+        }
+        let n = conn.stream.read(&mut tmp)?;
+        if n == 0 {
+            return Err(io::Error::other("EOF before the reader's request"));
+        }
+        head.extend_from_slice(&tmp[..n]);
+    }
+    if !head.starts_with(b"GET ") {
+        return Err(io::Error::other("the reader's request is not a GET"));
+    }
+    let nframes = total.div_ceil(frame as u64);
+    let mut out = vec![0u8; batch.max(frame + 64)];
+    let resp: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    out[..resp.len()].copy_from_slice(resp);
+    let mut fill = resp.len();
+    for seq in 0..nframes {
+        let len = frame_len(total, frame, seq, nframes);
+        if fill + 20 + len + 2 > out.len() {
+            conn.stream.write_all(&out[..fill])?;
+            fill = 0;
+        }
+        fill += chunked::put_size_line(&mut out[fill..], len);
+        out[fill..fill + len].copy_from_slice(&pattern[..len]);
+        let w = seq_word(ch, seq);
+        let k = len.min(8);
+        out[fill..fill + k].copy_from_slice(&w[..k]);
+        fill += len;
+        out[fill..fill + 2].copy_from_slice(b"\r\n");
+        fill += 2;
+    }
+    let last = b"0\r\n\r\n";
+    if fill + last.len() > out.len() {
+        conn.stream.write_all(&out[..fill])?;
+        fill = 0;
+    }
+    out[fill..fill + last.len()].copy_from_slice(last);
+    conn.stream.write_all(&out[..fill + last.len()])?;
+    let _ = conn.stream.shutdown(Shutdown::Write);
+    // The reader closes once it has the last chunk.
+    drain_to_eof(&mut conn.stream);
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// The `http` reader: a plain HTTP/1.1 client. Expects `200` with a chunked body, decodes
+/// it from `read_size` reads, verifies every chunk like `read_stream` verifies frames
+/// (one chunk per frame, same lengths and bytes), requires the last chunk, then EOF (it
+/// asked for `Connection: close`).
+fn read_http_stream(
+    conn: &mut WsConn,
+    ch: u64,
+    total: u64,
+    frame: usize,
+    read_size: usize,
+    pattern: &[u8],
+    counter: &AtomicU64,
+) -> io::Result<ReadOutcome> {
+    let nframes = total.div_ceil(frame as u64);
+    let mut buf = vec![0u8; read_size.max(chunked::MAX_HEAD + (64 << 10))];
+    let left = std::mem::take(&mut conn.leftover);
+    if left.len() > buf.len() {
+        return Err(io::Error::other("too many bytes before the response"));
+    }
+    buf[..left.len()].copy_from_slice(&left);
+    let mut filled = left.len();
+    let body_start = loop {
+        if let Some(e) = chunked::head_end(&buf[..filled]) {
+            break e;
+        }
+        if filled > chunked::MAX_HEAD {
+            return Err(io::Error::other("response head too large"));
+        }
+        match conn.stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(io::Error::other("EOF before the response head")),
+            Ok(n) => filled += n,
+            Err(e) => return Err(io::Error::other(format!("reading the response head: {e}"))),
+        }
+    };
+    let h = chunked::parse_head(&buf[..body_start])?;
+    if h.status != 200 || !h.chunked {
+        let line = String::from_utf8_lossy(&buf[..body_start]);
+        return Err(io::Error::other(format!(
+            "response {:?} (chunked: {}), want 200 chunked",
+            line.lines().next().unwrap_or(""),
+            h.chunked
+        )));
+    }
+    let mut dec = ChunkedDecoder::default();
+    let mut seq = 0u64;
+    let mut bytes = 0u64;
+    let mut word = seq_word(ch, 0);
+    let (mut start, mut n) = (body_start, filled);
+    loop {
+        let before = bytes;
+        let used = dec.feed(&buf[start..n], &mut |e| {
+            match e {
+                ChunkEvent::Data { offset, bytes: d } => {
+                    if seq >= nframes {
+                        return Err(io::Error::other("more chunks than frames sent"));
+                    }
+                    check_piece(&word, pattern, seq, offset as usize, d)?;
+                    bytes += d.len() as u64;
+                }
+                ChunkEvent::ChunkEnd { len } => {
+                    let want = frame_len(total, frame, seq, nframes) as u64;
+                    if len != want {
+                        return Err(io::Error::other(format!(
+                            "chunk {seq}: {len} bytes, frame sent was {want}"
+                        )));
+                    }
+                    seq += 1;
+                    word = seq_word(ch, seq);
+                }
+                ChunkEvent::Last => {}
+            }
+            Ok(())
+        })?;
+        counter.fetch_add(bytes - before, Ordering::Relaxed);
+        if dec.done() {
+            if start + used != n {
+                return Err(io::Error::other(format!(
+                    "{} bytes after the last chunk",
+                    n - start - used
+                )));
+            }
+            break;
+        }
+        start = 0;
+        n = match conn.stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(io::Error::other(format!(
+                    "EOF before the last chunk after {bytes} bytes, {seq} chunks"
+                )))
+            }
+            Ok(n) => n,
+            Err(e) => return Err(io::Error::other(format!("read after {bytes} bytes: {e}"))),
+        };
+    }
+    let done = Instant::now();
+    // `Connection: close` was asked for: the server must close after the body.
+    let _ = conn.stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut tmp = [0u8; 256];
+    let after = conn.stream.read(&mut tmp);
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    if bytes != total || seq != nframes {
+        return Err(io::Error::other(format!(
+            "short body: {bytes}/{total} bytes, {seq}/{nframes} chunks"
+        )));
+    }
+    match after {
+        Ok(0) => {}
+        Ok(k) => return Err(io::Error::other(format!("{k} bytes after the last chunk"))),
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "connection not closed within 2 s after the last chunk (Connection: close): {e}"
+            )))
+        }
+    }
+    Ok(ReadOutcome {
+        bytes,
+        frames: seq,
+        close: None,
+        done,
+    })
+}
+
 /// The reader side: verifies every byte against the pattern and the frame sequence.
 fn read_stream(
     conn: &mut WsConn,
@@ -228,23 +433,7 @@ fn read_stream(
                     if opcode != ws::OP_BINARY {
                         return Err(io::Error::other(format!("unexpected opcode {opcode}")));
                     }
-                    let off = offset as usize;
-                    let mut i = 0;
-                    while off + i < 8 && i < d.len() {
-                        if d[i] != word[off + i] {
-                            return Err(io::Error::other(format!(
-                                "data mismatch in frame {seq} header word at byte {}",
-                                off + i
-                            )));
-                        }
-                        i += 1;
-                    }
-                    if off + d.len() > pattern.len() || d[i..] != pattern[off + i..off + d.len()] {
-                        return Err(io::Error::other(format!(
-                            "data mismatch in frame {seq} at offset {off}..{}",
-                            off + d.len()
-                        )));
-                    }
+                    check_piece(&word, pattern, seq, offset as usize, d)?;
                     bytes += d.len() as u64;
                 }
                 Event::FrameEnd { opcode, len } => {
@@ -301,6 +490,8 @@ pub struct StreamParams {
     pub write_size: usize,
     pub read_size: usize,
     pub time_limit: Duration,
+    /// The `http` scenario: the reader downloads the channel as a chunked HTTP response.
+    pub http: bool,
 }
 
 /// What a batch of verified streams measured.
@@ -328,7 +519,11 @@ fn run_streams(ctx: &Ctx, sys: System, p: &StreamParams, label: &str) -> io::Res
     let opts = ChannelOpts::default();
     let mut pairs = Vec::with_capacity(p.channels);
     for _ in 0..p.channels {
-        pairs.push(ctx.targets.open_pair(sys, &mut http, &opts)?);
+        pairs.push(if p.http {
+            ctx.targets.open_http_pair(sys, &mut http, &opts)?
+        } else {
+            ctx.targets.open_pair(sys, &mut http, &opts)?
+        });
     }
     let kill = clones(&pairs);
     let pattern = random_pattern(p.frame, 0xFEED ^ p.frame as u64);
@@ -356,16 +551,27 @@ fn run_streams(ctx: &Ctx, sys: System, p: &StreamParams, label: &str) -> io::Res
                 .spawn(move || {
                     bar.wait();
                     st.get_or_init(Instant::now);
-                    let r = write_stream(
-                        &mut writer,
-                        ch,
-                        pp.bytes,
-                        pp.frame,
-                        pp.write_size,
-                        &pat,
-                        ch * 7919,
-                        None,
-                    );
+                    let r = if pp.http && sys != System::Relay {
+                        write_chunked_stream(
+                            &mut writer,
+                            ch,
+                            pp.bytes,
+                            pp.frame,
+                            pp.write_size,
+                            &pat,
+                        )
+                    } else {
+                        write_stream(
+                            &mut writer,
+                            ch,
+                            pp.bytes,
+                            pp.frame,
+                            pp.write_size,
+                            &pat,
+                            ch * 7919,
+                            None,
+                        )
+                    };
                     let _ = wtx.send((i, r));
                 })?,
         );
@@ -383,7 +589,12 @@ fn run_streams(ctx: &Ctx, sys: System, p: &StreamParams, label: &str) -> io::Res
                 .spawn(move || {
                     bar.wait();
                     st.get_or_init(Instant::now);
-                    let r = read_stream(
+                    let read = if pp.http {
+                        read_http_stream
+                    } else {
+                        read_stream
+                    };
+                    let r = read(
                         &mut reader,
                         ch,
                         pp.bytes,

@@ -400,6 +400,52 @@ impl Targets {
         }
     }
 
+    /// Opens a (writer, reader) pair for the `http` scenario: the reader is a plain
+    /// HTTP/1.1 client whose `GET` (no upgrade, `Connection: close`) is already sent. On the
+    /// relay the writer is a WebSocket writer and the relay renders the response (§5.1). On
+    /// the baselines the request travels the same path as the data (through the copy-proxy
+    /// or straight) to the writer, which then sends the chunked response itself.
+    pub fn open_http_pair(
+        &self,
+        sys: System,
+        http: &mut Http,
+        opts: &ChannelOpts,
+    ) -> io::Result<Pair> {
+        match sys {
+            System::Relay => {
+                let r = self.relay();
+                let (id, key) = self.create_channel(http, opts)?;
+                let key_enc = percent_encode(&key);
+                let writer = ws::connect(
+                    &r.data,
+                    &format!("/ws/channels/{id}?key={key_enc}&dir=write"),
+                )?;
+                let mut stream = TcpStream::connect(&r.data)?;
+                ws::tune(&stream)?;
+                stream.write_all(&get_request(
+                    &r.data,
+                    &format!("/ws/channels/{id}?key={key_enc}&dir=read"),
+                ))?;
+                Ok(Pair {
+                    writer,
+                    reader: WsConn {
+                        stream,
+                        leftover: Vec::new(),
+                    },
+                    channel_id: id,
+                })
+            }
+            System::Direct | System::CopyProxy => {
+                let mut pair = self.open_pair(sys, http, opts)?;
+                let addr = pair.reader.stream.local_addr()?.to_string();
+                pair.reader
+                    .stream
+                    .write_all(&get_request(&addr, "/ws/channels/baseline?key=x&dir=read"))?;
+                Ok(pair)
+            }
+        }
+    }
+
     /// The relay's view of a channel (`GET /v1/channels/{id}`).
     pub fn channel_state(&self, http: &mut Http, id: &str) -> io::Result<serde_json::Value> {
         let (status, body) = http.request("GET", &format!("/v1/channels/{id}"), "")?;
@@ -408,6 +454,12 @@ impl Targets {
         }
         serde_json::from_str(&body).map_err(io::Error::other)
     }
+}
+
+/// A download request: `GET` without an upgrade; the connection closes after the body.
+fn get_request(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+        .into_bytes()
 }
 
 fn percent_encode(s: &str) -> String {

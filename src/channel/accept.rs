@@ -176,7 +176,7 @@ fn valid_ws_key(k: &str) -> bool {
 
 /// Serves a freshly accepted connection on the shard that accepted it.
 pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
-    let Some(guard) = ConnGuard::admit(&shard.shared) else {
+    let Some(guard) = ConnGuard::admit(&shard.shared, shard.index) else {
         return refuse(conn, Refusal::Unavailable("connection limit reached")).await;
     };
     serve_requests(shard, conn, guard).await

@@ -90,6 +90,10 @@ pub struct Channel {
     pub reader_done: Notify,
     /// Taken out of the registry (counted once).
     pub removed: Cell<bool>,
+    /// When bytes last moved on either end (for the idle timeout).
+    pub last_activity: Cell<Instant>,
+    /// Wakes the channel's timer task when the channel leaves the table.
+    pub retired: Notify,
     /// For a channel created from a signed ref: the ref's expiry (unix seconds). Until
     /// then the id may not be created again.
     pub signed_expiry: Cell<Option<u64>>,
@@ -126,6 +130,8 @@ impl Channel {
             writer_wake: Notify::new(),
             reader_done: Notify::new(),
             removed: Cell::new(false),
+            last_activity: Cell::new(Instant::now()),
+            retired: Notify::new(),
             signed_expiry: Cell::new(None),
         }
     }
@@ -224,7 +230,13 @@ impl Channel {
             st.held = st.held.saturating_sub(buf.capacity());
         }
         pool.put(buf);
+        self.touch();
         self.writer_wake.notify_one();
+    }
+
+    /// Notes that bytes moved on one of the ends.
+    pub fn touch(&self) {
+        self.last_activity.set(Instant::now());
     }
 
     pub fn add_forwarded(&self, bytes: u64, frames: u64) {

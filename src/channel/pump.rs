@@ -114,7 +114,10 @@ async fn writer_loop(
                     }
                     return WriterExit::Gone;
                 }
-                Ok(n) => small = n < SMALL_READ_BYTES / 2,
+                Ok(n) => {
+                    small = n < SMALL_READ_BYTES / 2;
+                    ch.touch();
+                }
             }
         }
         let filled = buf.len();
@@ -319,6 +322,7 @@ async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, lef
                 break;
             }
         };
+        ch.touch();
         if !batch.pings.is_empty() {
             let mut st = ch.state.borrow_mut();
             for p in batch.pings.drain(..) {

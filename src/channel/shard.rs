@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,6 +23,8 @@ pub struct Shared {
     pub config: Config,
     pub draining: AtomicBool,
     pub connections: AtomicUsize,
+    /// Connections open per accepting shard.
+    pub shard_connections: Vec<AtomicUsize>,
     pub peers: Vec<mpsc::UnboundedSender<ShardMsg>>,
     /// HTTP routes registered by the control engine (read once per unmatched request).
     pub routes: std::sync::RwLock<Vec<crate::wire::ingress::IngressRoute>>,
@@ -33,28 +35,32 @@ pub struct Shared {
 /// Counts a data-plane connection for as long as it lives (travels with a handoff).
 pub struct ConnGuard {
     shared: Arc<Shared>,
+    /// The shard that accepted it (its count, wherever the connection is handed).
+    shard: usize,
 }
 
 impl ConnGuard {
     /// Admits a connection, or `None` when the relay is at its connection limit.
-    pub fn admit(shared: &Arc<Shared>) -> Option<ConnGuard> {
-        let n = shared.connections.fetch_add(1, Relaxed);
+    /// Admits a connection accepted by `shard`, or `None` when the relay or that shard is
+    /// at its connection limit.
+    pub fn admit(shared: &Arc<Shared>, shard: usize) -> Option<ConnGuard> {
+        let total = shared.connections.fetch_add(1, Relaxed);
+        let on_shard = shared.shard_connections[shard].fetch_add(1, Relaxed);
         METRICS.connections_active.fetch_add(1, Relaxed);
         METRICS.connections_total.fetch_add(1, Relaxed);
         let g = ConnGuard {
             shared: shared.clone(),
+            shard,
         };
-        if n >= shared.config.max_connections {
-            None
-        } else {
-            Some(g)
-        }
+        let cfg = &shared.config;
+        (total < cfg.max_connections && on_shard < cfg.max_connections_per_shard).then_some(g)
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.shared.connections.fetch_sub(1, Relaxed);
+        self.shared.shard_connections[self.shard].fetch_sub(1, Relaxed);
         METRICS.connections_active.fetch_sub(1, Relaxed);
     }
 }
@@ -146,10 +152,10 @@ impl Shard {
         METRICS.channels_created.fetch_add(1, Relaxed);
         METRICS.channels_active.fetch_add(1, Relaxed);
         let shard = self.clone();
-        ring::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            shard.expire(&ch);
-        });
+        // One timer task per channel: the TTL while an end is missing, the idle timeout once
+        // both are there. It ends as soon as the channel leaves the table, so a finished
+        // channel is not kept until its TTL.
+        ring::spawn(async move { shard.watch(&ch, ttl).await });
     }
 
     /// Creates a channel owned by this shard (its id hashes here), for requests served
@@ -202,12 +208,54 @@ impl Shard {
         Some(ch)
     }
 
+    /// The channel's timers: an end that never arrives within `ttl` ends it
+    /// (`PeerNeverConnected`); once paired, nothing moving for `idle_timeout_s` ends it
+    /// (`IdleTimeout`, 1001 to both ends).
+    async fn watch(&self, ch: &Rc<Channel>, ttl: Duration) {
+        use super::channel::Slot::Waiting;
+        let idle = Duration::from_secs(self.config().idle_timeout_s);
+        loop {
+            let unpaired = {
+                let st = ch.state.borrow();
+                st.writer == Waiting || st.reader == Waiting
+            };
+            let now = Instant::now();
+            let deadline = if unpaired {
+                ch.created + ttl
+            } else {
+                ch.last_activity.get() + idle
+            };
+            if now >= deadline {
+                if unpaired {
+                    self.expire(ch);
+                } else {
+                    tracing::debug!(channel = %ch.id, "idle timeout");
+                    ch.finish(StreamEnd::IdleTimeout);
+                    self.remove(ch);
+                }
+                return;
+            }
+            // While unpaired, look again at least every idle period (pairing changes which
+            // deadline applies).
+            let wake = if unpaired {
+                deadline.min(now + idle)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = ch.retired.notified() => return,
+            }
+        }
+    }
+
     /// Takes a channel out of the table (late arrivals get 404); counted once.
     pub fn remove(&self, ch: &Channel) {
         if ch.removed.replace(true) {
             return;
         }
         self.channels.borrow_mut().remove(&ch.id);
+        ch.retired.notify_one();
         if let Some(expiry) = ch.signed_expiry.get() {
             let mut used = self.used_signed.borrow_mut();
             if used.len() >= 4096 {

@@ -24,7 +24,7 @@ pub struct Metrics {
     pub refused_431: AtomicU64,
     pub refused_5xx: AtomicU64,
     /// Channel ends by reason, indexed like `StreamEnd::ALL_LABELS`.
-    pub ends: [AtomicU64; 8],
+    pub ends: [AtomicU64; StreamEnd::ALL_LABELS.len()],
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -42,7 +42,7 @@ pub static METRICS: Metrics = Metrics {
     refused_409: AtomicU64::new(0),
     refused_431: AtomicU64::new(0),
     refused_5xx: AtomicU64::new(0),
-    ends: [const { AtomicU64::new(0) }; 8],
+    ends: [const { AtomicU64::new(0) }; StreamEnd::ALL_LABELS.len()],
 };
 
 impl Metrics {
