@@ -63,7 +63,7 @@ def table(path):
 if __name__ == "__main__":
     d = sys.argv[1] if len(sys.argv) > 1 else "bench-out"
     import glob
-    for name in ["tp1", "tp1-pin", "tp16", "tp256", "latency", "rate", "setup", "idle", "stall"]:
+    for name in ["tp1", "tp1-pin", "tp16", "tp256", "latency", "rate", "setup", "idle", "stall", "http1", "http16"]:
         p = os.path.join(d, name + ".json")
         if not os.path.exists(p):
             p = sorted(glob.glob(os.path.join(d, name + "-[0-9]*.json"))) or None
