@@ -55,8 +55,11 @@ pub struct ChannelState {
     /// The relay is ending the reader's connection (its Close sent, or its TCP about to be
     /// cut): what the reader does after that is not "reader gone".
     pub reader_close_sent: bool,
-    /// The reader's sender is writing data to it right now.
+    /// Data is being written to the reader right now (by its sender, or by the writer's
+    /// loop handing a chunk straight over).
     pub reader_busy: bool,
+    /// The reader speaks WebSocket (not an HTTP response).
+    pub reader_is_ws: bool,
     /// The last chunk handed to the reader's sender ends at a frame boundary.
     pub reader_at_boundary: bool,
     /// The writer speaks WebSocket (not an HTTP upload).
@@ -116,6 +119,7 @@ impl Channel {
                 reader_pongs_count: 0,
                 reader_close_sent: false,
                 reader_busy: false,
+                reader_is_ws: false,
                 reader_at_boundary: true,
                 writer_is_ws: false,
                 writer_close_sent: false,
@@ -180,6 +184,10 @@ impl Channel {
             }
             let complete = trim_to_frame_end(&mut st);
             st.tail_pending = !complete && st.writer_is_ws && st.writer_conn.is_some();
+            // A reader that does not read could hold a write (and so its Close) forever.
+            if let Some(r) = &st.reader_conn {
+                arm_close_timeout(r);
+            }
             if let Some(w) = st.writer_conn.clone() {
                 if !st.writer_is_ws {
                     // An HTTP upload: wake its read; it answers with an error status.

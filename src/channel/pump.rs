@@ -169,7 +169,7 @@ async fn writer_loop(
             }
             continue;
         }
-        push_or_recycle(shard, ch, chunk);
+        forward(shard, ch, chunk).await;
         if let Err(e) = result {
             ch.finish(StreamEnd::WriterProtocol(e));
             return WriterExit::Protocol(e.close_code(), e.reason());
@@ -188,6 +188,51 @@ fn push_or_recycle(shard: &Shard, ch: &Channel, chunk: Chunk) {
         shard.pool.put(chunk.buf);
     } else {
         ch.push_chunk(chunk);
+    }
+}
+
+/// Hands a chunk on. When a WebSocket reader's sender is idle (nothing queued, nothing being
+/// written, no Pong owed), the writer's loop writes it to the reader itself, while the bytes
+/// it just read and unmasked are still in cache — with many channels on a core, a chunk
+/// that waits in the queue is cold by the time it is sent. Otherwise it is queued.
+async fn forward(shard: &Shard, ch: &Channel, chunk: Chunk) {
+    if chunk.segments.is_empty() {
+        shard.pool.put(chunk.buf);
+        return;
+    }
+    let reader = {
+        let mut st = ch.state.borrow_mut();
+        let idle = st.reader_is_ws
+            && st.queue.is_empty()
+            && !st.reader_busy
+            && st.reader_pongs.is_empty()
+            && st.end.is_none();
+        let reader = st.reader_conn.clone().filter(|_| idle);
+        if reader.is_some() {
+            // Taken as if the sender had popped it.
+            st.reader_busy = true;
+            st.reader_at_boundary = chunk.at_boundary;
+            st.held += chunk.buf.capacity();
+        }
+        reader
+    };
+    match reader {
+        Some(conn) => {
+            deliver(shard, ch, &conn, chunk).await;
+            ch.reader_wake.notify_one();
+        }
+        None => ch.push_chunk(chunk),
+    }
+}
+
+/// Writes a taken chunk (`reader_busy` set, its bytes counted in `held`) to the reader.
+async fn deliver(shard: &Shard, ch: &Channel, conn: &Conn, chunk: Chunk) {
+    let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
+    ch.state.borrow_mut().reader_busy = false;
+    ch.recycle(buf, &shard.pool);
+    match res {
+        Ok(()) => ch.add_forwarded(chunk.payload_bytes, chunk.frames as u64),
+        Err(_) => ch.finish(StreamEnd::ReaderGone),
     }
 }
 
@@ -233,9 +278,14 @@ pub enum Next {
     Wait,
 }
 
-pub fn next_for_reader(ch: &Channel, at_boundary: bool) -> Next {
+/// `pongs`: whether Pongs are owed on this kind of reader (WebSocket).
+pub fn next_for_reader(ch: &Channel, pongs: bool) -> Next {
     let mut st = ch.state.borrow_mut();
-    if at_boundary && !st.reader_pongs.is_empty() {
+    if st.reader_busy {
+        // The writer's loop is handing a chunk straight to the reader; it wakes us after.
+        return Next::Wait;
+    }
+    if pongs && st.reader_at_boundary && !st.reader_pongs.is_empty() {
         st.reader_pongs_count = 0;
         return Next::Pong(std::mem::take(&mut st.reader_pongs));
     }
@@ -259,9 +309,9 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
         conn.clone(),
         leftover,
     ));
-    let mut at_boundary = true;
+    ch.state.borrow_mut().reader_is_ws = true;
     let end = loop {
-        match next_for_reader(ch, at_boundary) {
+        match next_for_reader(ch, true) {
             Next::Wait => ch.reader_wake.notified().await,
             Next::Pong(frames) => {
                 if conn.write_all(frames).await.is_err() {
@@ -270,21 +320,14 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
             }
             Next::Send(chunk) => {
                 ch.state.borrow_mut().reader_busy = true;
-                let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
-                ch.state.borrow_mut().reader_busy = false;
-                ch.recycle(buf, &shard.pool);
-                if res.is_err() {
-                    ch.finish(StreamEnd::ReaderGone);
-                    continue;
-                }
-                ch.add_forwarded(chunk.payload_bytes, chunk.frames as u64);
-                at_boundary = chunk.at_boundary;
+                deliver(shard, ch, conn, chunk).await;
             }
             Next::Close(end) => break end,
         }
     };
     // From here on the relay ends the reader's connection: its EOF is not "reader gone".
     ch.state.borrow_mut().reader_close_sent = true;
+    let at_boundary = ch.state.borrow().reader_at_boundary;
     // A Close may only follow a complete frame; a stream cut mid-frame just ends the TCP.
     if end == StreamEnd::ReaderGone {
         // The reader closed first (or vanished): echo its Close. A reader that stopped

@@ -209,7 +209,7 @@ async fn stream_response(
         if progress.client_left.get() {
             return false;
         }
-        match next_for_reader(ch, true) {
+        match next_for_reader(ch, false) {
             Next::Wait => ch.reader_wake.notified().await,
             Next::Pong(_) => {} // HTTP clients do not ping
             Next::Close(end) => break end,
