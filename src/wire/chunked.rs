@@ -249,21 +249,7 @@ mod tests {
     use crate::wire::forward::{Batch, FrameForwarder};
 
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [3, 1, 4, 1];
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let n = payload.len();
-        if n < 126 {
-            f.push(0x80 | n as u8);
-        } else if n <= 65535 {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
+        crate::wire::forward::tests::client_frame(fin, opcode, payload, [3, 1, 4, 1])
     }
 
     /// Runs frames through forwarder + chunk renderer at every split size, then decodes.

@@ -267,7 +267,7 @@ pub fn compact(buf: &mut [u8], segments: &[Range<usize>]) -> Range<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a masked client frame.
