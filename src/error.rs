@@ -19,7 +19,6 @@ pub enum Refusal {
     Unavailable(&'static str),
     HeadTooLarge,
     Timeout,
-    NotImplemented(&'static str),
 }
 
 impl Refusal {
@@ -38,7 +37,6 @@ impl Refusal {
             Refusal::Unavailable(m) => (503, "unavailable", m),
             Refusal::HeadTooLarge => (431, "head_too_large", "request head too large"),
             Refusal::Timeout => (408, "timeout", "request head not received in time"),
-            Refusal::NotImplemented(m) => (501, "not_implemented", m),
         }
     }
 

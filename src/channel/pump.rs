@@ -1,7 +1,9 @@
 //! The forwarding pump. The writer's loop reads large buffers, lets the frame forwarder
-//! unmask and re-header them in place, and queues the ready ranges; the reader's sender
-//! writes them out from the same buffers. Both ends live on the owner shard, so hand-over
-//! is a `VecDeque` and two `Notify`s — no locks, no copies of payload.
+//! unmask and re-header them in place, and hands the ready ranges on: straight to the
+//! reader's socket when its sender is idle (the bytes are still in cache), else through the
+//! queue, from which the reader's sender writes them out of the same buffers. Both ends
+//! live on the owner shard, so hand-over is a `VecDeque` and two `Notify`s — no locks, no
+//! copies of payload.
 
 use std::rc::Rc;
 
@@ -12,7 +14,6 @@ use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
 use crate::ring::{self, Conn};
 use crate::wire::forward::{compact, Batch, FrameForwarder};
-
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 
 /// How the writer's loop ended.
