@@ -54,37 +54,27 @@ async fn read_head(
             }
         });
     }
-    let mut filled = initial.len();
+    // Bytes of a pipelined request may already be here: parse those before reading.
     let mut buf = initial;
-    buf.resize(buf.len().max(HEAD_READ_BYTES.min(max)), 0);
-    let mut parse_first = filled > 0;
+    let mut need_read = buf.is_empty();
     let result = loop {
-        if parse_first {
-            parse_first = false;
-            match parse_request_head(&buf[..filled]) {
-                Ok(None) => {}
-                Ok(Some((head, n))) => break Ok((head, buf[n..filled].to_vec())),
-                Err(HeadError::TooManyHeaders) => break Err(Some(Refusal::HeadTooLarge)),
-                Err(HeadError::Malformed(m)) => break Err(Some(Refusal::BadRequest(m))),
-            }
-        }
-        if filled >= buf.len() {
+        if need_read {
             if buf.len() >= max {
                 break Err(Some(Refusal::HeadTooLarge));
             }
-            buf.resize((buf.len() * 2).min(max), 0);
+            let room = HEAD_READ_BYTES.max(buf.len()).min(max - buf.len());
+            let (res, b) = conn.read_append(buf, room).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) if timed_out.get() => break Err(Some(Refusal::Timeout)),
+                Ok(0) | Err(_) => break Err(None),
+                Ok(_) => {}
+            }
         }
-        let len = buf.len();
-        let (res, b) = conn.read_into(buf, filled..len).await;
-        buf = b;
-        match res {
-            Ok(0) | Err(_) if timed_out.get() => break Err(Some(Refusal::Timeout)),
-            Ok(0) | Err(_) => break Err(None),
-            Ok(n) => filled += n,
-        }
-        match parse_request_head(&buf[..filled]) {
+        need_read = true;
+        match parse_request_head(&buf) {
             Ok(None) => continue,
-            Ok(Some((head, n))) => break Ok((head, buf[n..filled].to_vec())),
+            Ok(Some((head, n))) => break Ok((head, buf[n..].to_vec())),
             Err(HeadError::TooManyHeaders) => break Err(Some(Refusal::HeadTooLarge)),
             Err(HeadError::Malformed(m)) => break Err(Some(Refusal::BadRequest(m))),
         }

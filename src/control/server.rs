@@ -156,13 +156,9 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
 
 /// Appends one read to `buf`; false on EOF or error.
 async fn read_more(conn: &Conn, buf: &mut Vec<u8>) -> bool {
-    let tmp = vec![0u8; CONTROL_READ_BYTES];
-    let (res, tmp) = conn.read_into(tmp, 0..CONTROL_READ_BYTES).await;
-    match res {
-        Ok(n) if n > 0 => {
-            buf.extend_from_slice(&tmp[..n]);
-            true
-        }
-        _ => false,
-    }
+    let (res, b) = conn
+        .read_append(std::mem::take(buf), CONTROL_READ_BYTES)
+        .await;
+    *buf = b;
+    matches!(res, Ok(n) if n > 0)
 }

@@ -211,13 +211,10 @@ async fn read_chunked(
         if dec.is_done() {
             return Ok((total, raw));
         }
-        let start = raw.len();
-        raw.resize(start + CHUNKED_READ_BYTES, 0);
-        let (res, b) = conn.read_into(raw, start..start + CHUNKED_READ_BYTES).await;
+        let (res, b) = conn.read_append(raw, CHUNKED_READ_BYTES).await;
         raw = b;
-        match res {
-            Ok(0) | Err(_) => return Err(ch.end().unwrap_or(StreamEnd::WriterDisconnected)),
-            Ok(n) => raw.truncate(start + n),
+        if !matches!(res, Ok(n) if n > 0) {
+            return Err(ch.end().unwrap_or(StreamEnd::WriterDisconnected));
         }
     }
 }

@@ -25,22 +25,10 @@ impl Conn {
         Conn::new(TcpStream::from_std(std))
     }
 
-    /// Reads into `buf[range]` (the buffer's length is its usable size). Returns the bytes
-    /// read (0 = EOF) and the buffer. The read must never be dropped while in flight: the
-    /// kernel would complete it anyway and the bytes would be lost.
-    pub async fn read_into(
-        &self,
-        buf: Vec<u8>,
-        range: Range<usize>,
-    ) -> (io::Result<usize>, Vec<u8>) {
-        debug_assert!(range.end <= buf.len());
-        let (res, slice) = self.stream.read(buf.slice(range)).await;
-        (res, slice.into_inner())
-    }
-
     /// Reads up to `max` bytes appended to `buf` (into its spare capacity, reserved if
     /// needed — nothing is zeroed first). Returns the bytes read (0 = EOF); `buf.len()`
-    /// grows by that much. Never drop this while in flight (see `read_into`).
+    /// grows by that much. The read must never be dropped while in flight: the kernel
+    /// would complete it anyway and the bytes would be lost.
     pub async fn read_append(&self, mut buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
         let start = buf.len();
         buf.reserve(max);
