@@ -16,20 +16,12 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A masked client frame (FIN, binary) carrying `payload`.
 fn client_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let n = payload.len();
-    let mut f = vec![0x82];
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else if n <= 65535 {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    chanrelay::wire::frame::client_frame(
+        true,
+        chanrelay::wire::frame::Opcode::Binary,
+        payload,
+        mask,
+    )
 }
 
 /// The obvious implementation the word-wide `unmask` replaces.

@@ -64,24 +64,9 @@ fn payload_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Encodes a masked client frame. Uses the minimal length form unless `wide` asks for the
-/// next wider one (legal: RFC 6455 only says "minimal" for senders, the relay accepts it).
+/// Encodes a masked client frame (minimal length form).
 fn encode_client(fin: bool, opcode: Opcode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let n = payload.len();
-    let mut f = Vec::with_capacity(n + 14);
-    f.push((if fin { 0x80 } else { 0 }) | opcode.as_u8());
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else if n <= 65535 {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    chanrelay::wire::frame::client_frame(fin, opcode, payload, mask)
 }
 
 /// A data frame as the reader should see it.

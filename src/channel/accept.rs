@@ -133,19 +133,10 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Ref
         return Err(Refusal::BadRequest("this request takes no body"));
     }
     match (&head.method, target.dir) {
-        (Method::Get, _) if head.upgrade_websocket => {
-            if !head.connection_upgrade {
-                return Err(Refusal::BadRequest("upgrade requires connection: upgrade"));
-            }
-            if head.ws_version.as_deref() != Some("13") {
-                return Err(Refusal::BadRequest("sec-websocket-version must be 13"));
-            }
-            let key_ok = head.ws_key.as_deref().is_some_and(valid_ws_key);
-            if !key_ok {
-                return Err(Refusal::BadRequest("missing or invalid sec-websocket-key"));
-            }
-            Ok((target, Mode::WebSocket))
-        }
+        (Method::Get, _) if head.upgrade_websocket => match head.websocket_key() {
+            Ok(_) => Ok((target, Mode::WebSocket)),
+            Err(why) => Err(Refusal::BadRequest(why)),
+        },
         (Method::Get, Direction::Read) => Ok((target, Mode::HttpRead)),
         (Method::Put | Method::Post, Direction::Write) => Ok((target, Mode::HttpWrite)),
         (Method::Get, Direction::Write) => Err(Refusal::BadRequest(
@@ -153,15 +144,6 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Ref
         )),
         _ => Err(Refusal::MethodNotAllowed),
     }
-}
-
-/// A Sec-WebSocket-Key is 16 bytes in base64: 24 characters ending in "==".
-fn valid_ws_key(k: &str) -> bool {
-    k.len() == 24
-        && k.ends_with("==")
-        && k[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// Serves a freshly accepted connection on the shard that accepted it.
@@ -312,7 +294,7 @@ async fn attach(
     tracing::debug!(channel = %ch.id, dir = target.dir.as_str(), ?mode, "end connected");
     let reusable = match (mode, target.dir) {
         (Mode::WebSocket, dir) => {
-            let ws_key = head.ws_key.as_deref().unwrap_or_default();
+            let ws_key = head.ws_key.as_deref().unwrap_or_default(); // checked in `route`
             if conn.write_all(switching_protocols(ws_key)).await.is_err() {
                 ch.finish(match dir {
                     Direction::Write => StreamEnd::WriterDisconnected,
@@ -353,17 +335,5 @@ async fn attach(
             conn.shutdown();
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ws_key_shape() {
-        assert!(valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=="));
-        assert!(!valid_ws_key("short=="));
-        assert!(!valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=x"));
     }
 }

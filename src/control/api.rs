@@ -29,11 +29,17 @@ impl Response {
         }
     }
 
-    fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
-        Response::json(
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
+        Response {
             status,
-            json!({"error": {"code": code, "message": message.into()}}),
-        )
+            content_type: "application/json",
+            body: crate::wire::response::error_body(code, &message.into()),
+        }
+    }
+
+    /// The response on the wire.
+    pub fn render(&self, close: bool) -> Vec<u8> {
+        crate::wire::response::full_response(self.status, self.content_type, &self.body, close)
     }
 
     fn empty(status: u16) -> Response {

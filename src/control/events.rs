@@ -25,19 +25,16 @@ pub async fn serve_events(
     head: RequestHead,
     leftover: Vec<u8>,
 ) {
-    let key_ok = head.ws_key.as_deref().is_some_and(|k| k.len() == 24);
-    if !head.connection_upgrade || head.ws_version.as_deref() != Some("13") || !key_ok {
-        let r = error_response(400, "bad_request", "malformed websocket upgrade");
-        let _ = conn.write_all(r).await;
-        return;
-    }
-    if conn
-        .write_all(switching_protocols(
-            head.ws_key.as_deref().unwrap_or_default(),
-        ))
-        .await
-        .is_err()
-    {
+    let key = match head.websocket_key() {
+        Ok(key) => key,
+        Err(why) => {
+            let _ = conn
+                .write_all(error_response(400, "bad_request", why))
+                .await;
+            return;
+        }
+    };
+    if conn.write_all(switching_protocols(key)).await.is_err() {
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();

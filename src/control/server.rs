@@ -11,7 +11,6 @@ use crate::channel::Shared;
 use crate::config::MAX_CONTROL_BODY_BYTES;
 use crate::ring::{self, Conn, Listener};
 use crate::wire::head::parse_request_head;
-use crate::wire::response::reason_phrase;
 
 /// Read size for control connections.
 const CONTROL_READ_BYTES: usize = 4096;
@@ -29,28 +28,6 @@ pub async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-fn render(resp: &Response, close: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
-        resp.status,
-        reason_phrase(resp.status),
-        resp.content_type,
-        resp.body.len(),
-        if close { "close" } else { "keep-alive" }
-    )
-    .into_bytes();
-    out.extend_from_slice(resp.body.as_bytes());
-    out
-}
-
-fn error(status: u16, code: &str, msg: &str) -> Response {
-    Response {
-        status,
-        content_type: "application/json",
-        body: serde_json::json!({"error": {"code": code, "message": msg}}).to_string(),
     }
 }
 
@@ -89,20 +66,19 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
                 Ok(Some(h)) => break h,
                 Ok(None) if buf.len() >= max_head => {
                     let _ = conn
-                        .write_all(render(
-                            &error(431, "head_too_large", "request head too large"),
-                            true,
-                        ))
+                        .write_all(
+                            Response::error(431, "head_too_large", "request head too large")
+                                .render(true),
+                        )
                         .await;
                     return;
                 }
                 Ok(None) => {}
                 Err(_) => {
                     let _ = conn
-                        .write_all(render(
-                            &error(400, "bad_request", "malformed request"),
-                            true,
-                        ))
+                        .write_all(
+                            Response::error(400, "bad_request", "malformed request").render(true),
+                        )
                         .await;
                     return;
                 }
@@ -113,14 +89,14 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
         };
         let close = head.connection_close || head.minor_version == 0;
         if head.chunked {
-            let r = error(411, "length_required", "send the body with content-length");
-            let _ = conn.write_all(render(&r, true)).await;
+            let r = Response::error(411, "length_required", "send the body with content-length");
+            let _ = conn.write_all(r.render(true)).await;
             return;
         }
         let body_len = head.content_length.unwrap_or(0) as usize;
         if body_len > MAX_CONTROL_BODY_BYTES {
-            let r = error(413, "body_too_large", "request body too large");
-            let _ = conn.write_all(render(&r, true)).await;
+            let r = Response::error(413, "body_too_large", "request body too large");
+            let _ = conn.write_all(r.render(true)).await;
             return;
         }
         while buf.len() < head_len + body_len {
@@ -139,7 +115,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
         if head.path == "/v1/events" && head.upgrade_websocket {
             if !super::api::authorized(&shared, auth) {
                 let _ = conn
-                    .write_all(render(&super::api::unauthorized(), true))
+                    .write_all(super::api::unauthorized().render(true))
                     .await;
                 return;
             }
@@ -147,7 +123,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
             return super::events::serve_events(shared, conn, head, leftover).await;
         }
         let resp = handle(&shared, &head.method, &head.path, auth, &body).await;
-        if conn.write_all(render(&resp, close)).await.is_err() || close {
+        if conn.write_all(resp.render(close)).await.is_err() || close {
             conn.shutdown();
             return;
         }

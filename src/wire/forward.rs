@@ -272,20 +272,8 @@ pub(crate) mod tests {
 
     /// Builds a masked client frame.
     pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let n = payload.len();
-        if n < 126 {
-            f.push(0x80 | n as u8);
-        } else if n <= 65535 {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
+        let op = Opcode::from_u8(opcode).expect("test opcodes are valid");
+        crate::wire::frame::client_frame(fin, op, payload, mask)
     }
 
     /// Feeds `input` split into reads of `chunk` bytes, returns the forwarded output.

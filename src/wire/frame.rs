@@ -192,6 +192,26 @@ pub fn server_frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A complete masked client frame, minimal length form — what a WebSocket client sends.
+/// The relay never sends one; tests, benches and load generators build their input with it.
+pub fn client_frame(fin: bool, opcode: Opcode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = Vec::with_capacity(n + MAX_HEADER_LEN);
+    f.push((if fin { 0x80 } else { 0 }) | opcode.as_u8());
+    if n < 126 {
+        f.push(0x80 | n as u8);
+    } else if n <= u16::MAX as usize {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
 /// A server Close frame with `code` and a UTF-8 `reason` (truncated to fit 125 bytes).
 pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut payload = Vec::with_capacity(2 + reason.len());

@@ -14,6 +14,21 @@ pub enum Method {
 }
 
 impl RequestHead {
+    /// For a request with `Upgrade: websocket`: why the upgrade is malformed, or `Ok` with
+    /// the client's `Sec-WebSocket-Key` (RFC 6455 §4.2.1).
+    pub fn websocket_key(&self) -> Result<&str, &'static str> {
+        if !self.connection_upgrade {
+            return Err("upgrade requires connection: upgrade");
+        }
+        if self.ws_version.as_deref() != Some("13") {
+            return Err("sec-websocket-version must be 13");
+        }
+        self.ws_key
+            .as_deref()
+            .filter(|k| valid_ws_key(k))
+            .ok_or("missing or invalid sec-websocket-key")
+    }
+
     /// The request declares a body (a non-zero length, or chunked).
     pub fn has_body(&self) -> bool {
         self.chunked || self.content_length.is_some_and(|n| n > 0)
@@ -158,6 +173,15 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
     Ok(Some((head, n)))
 }
 
+/// A Sec-WebSocket-Key is 16 bytes in base64: 24 characters ending in "==".
+fn valid_ws_key(k: &str) -> bool {
+    k.len() == 24
+        && k.ends_with("==")
+        && k[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 fn tokens(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
@@ -176,6 +200,13 @@ mod tests {
         assert_eq!(h.query, "key=k&dir=read");
         assert!(h.upgrade_websocket && h.connection_upgrade);
         assert_eq!(h.ws_version.as_deref(), Some("13"));
+    }
+
+    #[test]
+    fn ws_key_shape() {
+        assert!(valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_ws_key("short=="));
+        assert!(!valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=x"));
     }
 
     #[test]

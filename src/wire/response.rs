@@ -42,18 +42,26 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A complete response with a JSON error body `{"error":{"code","message"}}` that closes
-/// the connection.
+/// The JSON error body every refusal carries: `{"error":{"code","message"}}`.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// A complete response with a JSON error body that closes the connection.
 pub fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    json_response(status, &body, true)
+    json_response(status, &error_body(code, message), true)
 }
 
 /// A complete response with a JSON body.
 pub fn json_response(status: u16, body: &str, close: bool) -> Vec<u8> {
+    full_response(status, "application/json", body, close)
+}
+
+/// A complete response with a `content-length` body.
+pub fn full_response(status: u16, content_type: &str, body: &str, close: bool) -> Vec<u8> {
     let conn = if close { "close" } else { "keep-alive" };
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: {conn}\r\n\r\n",
         reason_phrase(status),
         body.len()
     )
