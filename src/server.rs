@@ -24,8 +24,10 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     let n = config.shard_count();
     let listeners = ring::bind_reuseport(config.listen, n)?;
     let data_addr = listeners[0].local_addr()?;
-    let control = ring::bind_one(config.control)?;
-    let control_addr = control.local_addr()?;
+    // The control API runs on every shard too: a channel is created on the shard that
+    // took the request, with no hop to another thread.
+    let control = ring::bind_reuseport(config.control, n)?;
+    let control_addr = control[0].local_addr()?;
     let mut inboxes = Vec::with_capacity(n);
     let mut peers = Vec::with_capacity(n);
     for _ in 0..n {
@@ -43,21 +45,16 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         subscribers: Default::default(),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+    let shard_listeners = listeners.into_iter().zip(control).zip(inboxes);
+    for (i, ((listener, control), inbox)) in shard_listeners.enumerate() {
         let shared = shared.clone();
         let ready = ready_tx.clone();
         ring::spawn_pinned(format!("chanrelay-shard-{i}"), Some(i), ready, move || {
-            run_shard(i, shared, listener, inbox)
-        });
-    }
-    {
-        let shared = shared.clone();
-        ring::spawn_pinned("chanrelay-control".into(), None, ready_tx, move || {
-            crate::control::server::serve(shared, control)
+            run_shard(i, shared, listener, control, inbox)
         });
     }
     // Report "listening" only once every runtime is up.
-    for _ in 0..=n {
+    for _ in 0..n {
         ready_rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .map_err(|_| {

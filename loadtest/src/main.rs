@@ -17,7 +17,7 @@ use serde_json::json;
 use proc::CpuSet;
 use report::RunResult;
 use scenarios::Ctx;
-use targets::{CopyProxy, Relay, Rendezvous, System, Targets};
+use targets::{CopyProxy, Placement, Relay, Rendezvous, System, Targets};
 
 /// Parses sizes such as `1GiB`, `16MiB`, `64KiB`, `1024`, `1G`, `64k`.
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -115,6 +115,11 @@ struct Global {
     /// Pin the relay and the copy-proxy (every thread) to these CPUs, e.g. "0" or "0-1".
     #[arg(long, global = true)]
     relay_cpus: Option<CpuSet>,
+    /// Scheduling priority (nice, -20..=19) of the relay and the copy-proxy, every thread —
+    /// the same for both, as an operator would run a data plane (nginx: `worker_priority`).
+    /// Below 0 needs root or CAP_SYS_NICE.
+    #[arg(long, global = true, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    relay_nice: Option<i32>,
     /// Pin the load generator's client threads to these CPUs.
     #[arg(long, global = true)]
     client_cpus: Option<CpuSet>,
@@ -296,18 +301,17 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     let systems = parse_systems(&g.systems)?;
+    let placement = Placement {
+        cpus: g.relay_cpus.clone(),
+        nice: g.relay_nice,
+    };
     let want_relay = systems.contains(&System::Relay);
     let relay = if !want_relay {
         None
     } else if g.spawn {
         let bin = g.relay_bin.clone().unwrap_or_else(default_relay_bin);
-        let r = Relay::spawn(
-            &bin,
-            g.shards,
-            g.relay_config.as_deref(),
-            g.relay_cpus.as_ref(),
-        )
-        .map_err(|e| e.to_string())?;
+        let r = Relay::spawn(&bin, g.shards, g.relay_config.as_deref(), &placement)
+            .map_err(|e| e.to_string())?;
         eprintln!(
             "relay {bin} (pid {}) data {} control {}",
             r.pid.unwrap_or(0),
@@ -319,8 +323,8 @@ fn run(cli: Cli) -> Result<(), String> {
         let (Some(d), Some(c)) = (&g.data, &g.control) else {
             return Err("give --spawn, or --data and --control of a running relay (or leave relay out of --systems)".into());
         };
-        if let (Some(pid), Some(cpus)) = (g.relay_pid, &g.relay_cpus) {
-            targets::pin_child(pid, cpus);
+        if let Some(pid) = g.relay_pid {
+            targets::place_child(pid, &placement);
         }
         Some(Relay {
             data: d.clone(),
@@ -332,12 +336,8 @@ fn run(cli: Cli) -> Result<(), String> {
     let rendezvous = Rendezvous::start().map_err(|e| e.to_string())?;
     let proxy = if systems.contains(&System::CopyProxy) {
         Some(
-            CopyProxy::spawn(
-                &rendezvous.addr,
-                g.proxy_read_size as usize,
-                g.relay_cpus.as_ref(),
-            )
-            .map_err(|e| format!("copy-proxy: {e}"))?,
+            CopyProxy::spawn(&rendezvous.addr, g.proxy_read_size as usize, &placement)
+                .map_err(|e| format!("copy-proxy: {e}"))?,
         )
     } else {
         None
@@ -591,6 +591,7 @@ fn run(cli: Cli) -> Result<(), String> {
             "shards": g.shards,
             "relay_cpus": g.relay_cpus.as_ref().map(|c| c.0.clone()),
             "client_cpus": g.client_cpus.as_ref().map(|c| c.0.clone()),
+            "relay_nice": g.relay_nice,
             "summary": rows,
             "runs": all,
         });

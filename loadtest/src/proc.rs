@@ -64,6 +64,23 @@ pub fn set_affinity_all_tasks(pid: u32, cpus: &CpuSet) {
     }
 }
 
+/// Sets the scheduling priority (nice value) of every thread of process `pid` (what
+/// `renice -n N` does for each of `/proc/PID/task`). Threads created later inherit it from
+/// the thread that creates them.
+pub fn set_nice_all_tasks(pid: u32, nice: i32) -> bool {
+    let mut ok = true;
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in rd.flatten() {
+            if let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                // SAFETY: plain syscall on a thread id; no memory is passed.
+                let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+                ok &= rc == 0;
+            }
+        }
+    }
+    ok
+}
+
 fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

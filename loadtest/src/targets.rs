@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::proc::{set_affinity_all_tasks, CpuSet};
+use crate::proc::{set_affinity_all_tasks, set_nice_all_tasks, CpuSet};
 use crate::ws::{self, Http, WsConn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,7 +132,7 @@ impl Relay {
         bin: &str,
         shards: Option<usize>,
         config: Option<&str>,
-        cpus: Option<&CpuSet>,
+        placement: &Placement,
     ) -> io::Result<Relay> {
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -170,9 +170,7 @@ impl Relay {
             }
         };
         let pid = child.id();
-        if let Some(c) = cpus {
-            pin_child(pid, c);
-        }
+        place_child(pid, placement);
         Ok(Relay {
             data: lines[0].clone(),
             control: lines[1].clone(),
@@ -182,11 +180,29 @@ impl Relay {
     }
 }
 
-/// Pins every thread of `pid`; again a moment later, in case a thread pinned itself late.
-pub fn pin_child(pid: u32, cpus: &CpuSet) {
-    set_affinity_all_tasks(pid, cpus);
-    std::thread::sleep(Duration::from_millis(150));
-    set_affinity_all_tasks(pid, cpus);
+/// Where and how a system under test runs: the same for the relay and the copy-proxy.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// Pin every thread to these CPUs.
+    pub cpus: Option<CpuSet>,
+    /// Scheduling priority (nice value) of every thread.
+    pub nice: Option<i32>,
+}
+
+/// Applies `placement` to every thread of `pid`; again a moment later, in case a thread
+/// pinned itself late.
+pub fn place_child(pid: u32, placement: &Placement) {
+    for _ in 0..2 {
+        if let Some(c) = &placement.cpus {
+            set_affinity_all_tasks(pid, c);
+        }
+        if let Some(n) = placement.nice {
+            if !set_nice_all_tasks(pid, n) {
+                eprintln!("warning: cannot set nice {n} on pid {pid} (needs CAP_SYS_NICE below 0)");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
 }
 
 type Waiting = Mutex<HashMap<String, (TcpStream, Vec<u8>)>>;
@@ -268,7 +284,7 @@ pub struct CopyProxy {
 }
 
 impl CopyProxy {
-    pub fn spawn(upstream: &str, read_size: usize, cpus: Option<&CpuSet>) -> io::Result<CopyProxy> {
+    pub fn spawn(upstream: &str, read_size: usize, placement: &Placement) -> io::Result<CopyProxy> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args([
@@ -293,9 +309,7 @@ impl CopyProxy {
             }
         };
         let pid = child.id();
-        if let Some(c) = cpus {
-            pin_child(pid, c);
-        }
+        place_child(pid, placement);
         Ok(CopyProxy {
             addr: lines[0].clone(),
             pid,

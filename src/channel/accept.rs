@@ -221,7 +221,7 @@ fn hand_off(
             METRICS.handoffs.fetch_add(1, Relaxed);
             let msg = ShardMsg::Handoff {
                 conn: std,
-                head,
+                head: Box::new(head),
                 target,
                 mode,
                 leftover,

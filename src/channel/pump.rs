@@ -49,11 +49,17 @@ pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Rc<Conn>, leftov
         }
     };
     let send = !std::mem::replace(&mut ch.state.borrow_mut().writer_close_sent, true);
+    let drain = matches!(exit, WriterExit::EndedElsewhere { answered: false });
     if send {
         arm_close_timeout(conn);
-        let _ = conn.write_all(close_frame(code, reason)).await;
+        if drain {
+            let _ = conn.write_all(close_frame(code, reason)).await;
+        } else {
+            // Nothing more to read: our Close and the FIN leave in one segment.
+            let _ = conn.write_last(close_frame(code, reason)).await;
+        }
     }
-    if let WriterExit::EndedElsewhere { answered: false } = exit {
+    if drain {
         drain_until_close(conn, fwd).await;
     }
     // Close the writer's TCP at once (the Python SDK waits for the server to close first).
@@ -170,15 +176,17 @@ async fn writer_loop(
             }
             continue;
         }
+        if answered && result.is_ok() {
+            // The stream ends cleanly with this chunk: queue it behind the end, so the
+            // reader's sender writes it and the reader's Close together (one segment).
+            ch.finish(StreamEnd::Clean);
+            push_or_recycle(shard, ch, chunk);
+            return WriterExit::Clean;
+        }
         forward(shard, ch, chunk).await;
         if let Err(e) = result {
             ch.finish(StreamEnd::WriterProtocol(e));
             return WriterExit::Protocol(e.close_code(), e.reason());
-        }
-        if answered {
-            // Everything before the Close is queued; the reader gets 1000 after it.
-            ch.finish(StreamEnd::Clean);
-            return WriterExit::Clean;
         }
     }
 }
@@ -319,7 +327,11 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
                     ch.finish(StreamEnd::ReaderGone);
                 }
             }
-            Next::Send(chunk) => {
+            Next::Send(mut chunk) => {
+                if append_final_close(ch, &mut chunk) {
+                    // From here on the reader's Close is the answer to ours.
+                    ch.state.borrow_mut().reader_close_sent = true;
+                }
                 ch.state.borrow_mut().reader_busy = true;
                 deliver(shard, ch, conn, chunk).await;
             }
@@ -327,7 +339,14 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
         }
     };
     // From here on the relay ends the reader's connection: its EOF is not "reader gone".
-    ch.state.borrow_mut().reader_close_sent = true;
+    let close_written = std::mem::replace(&mut ch.state.borrow_mut().reader_close_sent, true);
+    if close_written {
+        // Our Close went out with the last data: let the reader answer, then end the TCP.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;
+        conn.shutdown();
+        let _ = listener.await;
+        return;
+    }
     let at_boundary = ch.state.borrow().reader_at_boundary;
     // A Close may only follow a complete frame; a stream cut mid-frame just ends the TCP.
     if end == StreamEnd::ReaderGone {
@@ -351,6 +370,29 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
     }
     conn.shutdown();
     let _ = listener.await;
+}
+
+/// When `chunk` is the last of a stream that ended cleanly, appends the reader's Close
+/// frame to it (in the buffer's spare room), so both leave in one write. Returns whether it
+/// did.
+fn append_final_close(ch: &Channel, chunk: &mut Chunk) -> bool {
+    let st = ch.state.borrow();
+    let Some(end) = st.end.filter(|e| e.delivers_pending()) else {
+        return false;
+    };
+    if !(st.queue.is_empty() && chunk.at_boundary && st.reader_pongs.is_empty()) {
+        return false;
+    }
+    let (code, reason) = end.reader_close();
+    let frame = close_frame(code, reason);
+    // `held` counts the buffer's capacity: the frame must fit without reallocating.
+    if chunk.buf.capacity() - chunk.buf.len() < frame.len() {
+        return false;
+    }
+    let start = chunk.buf.len();
+    chunk.buf.extend_from_slice(&frame);
+    chunk.segments.push(start..chunk.buf.len());
+    true
 }
 
 /// Reads what the reader sends: pings (answered), its Close, or its disappearance.

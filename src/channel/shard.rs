@@ -85,18 +85,12 @@ pub enum ShardMsg {
     /// A connection accepted elsewhere whose channel lives here.
     Handoff {
         conn: std::net::TcpStream,
-        head: RequestHead,
+        /// Boxed: a parsed head is large, the other messages are small.
+        head: Box<RequestHead>,
         target: ChannelTarget,
         mode: super::accept::Mode,
         leftover: Vec<u8>,
         guard: ConnGuard,
-    },
-    Create {
-        id: String,
-        key: String,
-        buffer_bytes: usize,
-        ttl: Duration,
-        reply: oneshot::Sender<()>,
     },
     Inspect {
         id: String,
@@ -279,7 +273,7 @@ impl Shard {
         }
     }
 
-    fn inspect(&self, id: &str) -> Option<ChannelInfo> {
+    pub fn inspect(&self, id: &str) -> Option<ChannelInfo> {
         let ch = self.lookup(id)?;
         let st = ch.state.borrow();
         let name = |s: super::channel::Slot| match s {
@@ -301,7 +295,7 @@ impl Shard {
         })
     }
 
-    fn delete(&self, id: &str) -> bool {
+    pub fn delete(&self, id: &str) -> bool {
         match self.lookup(id) {
             Some(ch) => {
                 ch.finish(StreamEnd::Aborted);
@@ -318,6 +312,7 @@ pub async fn run_shard(
     index: usize,
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
+    control: std::net::TcpListener,
     mut inbox: mpsc::UnboundedReceiver<ShardMsg>,
 ) {
     let shard = Rc::new(Shard {
@@ -331,6 +326,7 @@ pub async fn run_shard(
         used_signed: RefCell::new(HashMap::new()),
     });
     let listener = Listener::from_std(listener);
+    ring::spawn(crate::control::server::serve(shard.clone(), control));
     let s = shard.clone();
     ring::spawn(async move {
         while let Some(msg) = inbox.recv().await {
@@ -367,22 +363,12 @@ impl Shard {
                 ring::spawn(super::accept::serve_handoff(
                     self.clone(),
                     conn,
-                    head,
+                    *head,
                     target,
                     mode,
                     leftover,
                     guard,
                 ));
-            }
-            ShardMsg::Create {
-                id,
-                key,
-                buffer_bytes,
-                ttl,
-                reply,
-            } => {
-                self.create(id, key, buffer_bytes, ttl);
-                let _ = reply.send(());
             }
             ShardMsg::Inspect { id, reply } => {
                 let _ = reply.send(self.inspect(&id));

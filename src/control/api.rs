@@ -1,6 +1,7 @@
 //! The control API's routes: create, inspect and delete channels; health, readiness,
 //! metrics. Request in, response out — the HTTP plumbing lives in `server.rs`.
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use super::metrics::METRICS;
-use crate::channel::{owner_of, ShardMsg, Shared};
+use crate::channel::{owner_of, ChannelInfo, Shard, ShardMsg, Shared};
 use crate::config::{MAX_BUFFER_BYTES, MAX_TTL_S, MIN_BUFFER_BYTES};
 use crate::wire::head::Method;
 
@@ -75,12 +76,13 @@ pub fn unauthorized() -> Response {
 
 /// Serves one control request.
 pub async fn handle(
-    shared: &Arc<Shared>,
+    shard: &Rc<Shard>,
     method: &Method,
     path: &str,
     authorization: Option<&str>,
     body: &[u8],
 ) -> Response {
+    let shared = &shard.shared;
     if !authorized(shared, authorization) {
         return unauthorized();
     }
@@ -99,7 +101,7 @@ pub async fn handle(
             content_type: "text/plain; version=0.0.4",
             body: METRICS.render(),
         },
-        (Method::Post, ["v1", "channels"]) => create(shared, body).await,
+        (Method::Post, ["v1", "channels"]) => create(shard, body),
         (Method::Put, ["v1", "routes"]) => put_routes(shared, body),
         (Method::Get, ["v1", "routes"]) => {
             let routes = shared.routes.read().expect("routes lock");
@@ -109,8 +111,8 @@ pub async fn handle(
                 json!({ "routes": specs, "subscribers": shared.subscribers.count() }),
             )
         }
-        (Method::Get, ["v1", "channels", id]) => inspect(shared, id).await,
-        (Method::Delete, ["v1", "channels", id]) => delete(shared, id).await,
+        (Method::Get, ["v1", "channels", id]) => inspect(shard, id).await,
+        (Method::Delete, ["v1", "channels", id]) => delete(shard, id).await,
         (_, ["healthz" | "readyz" | "metrics"]) | (_, ["v1", "channels", ..]) => Response::error(
             405,
             "method_not_allowed",
@@ -145,7 +147,8 @@ fn int_field(
     }
 }
 
-async fn create(shared: &Arc<Shared>, body: &[u8]) -> Response {
+fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
+    let shared = &shard.shared;
     if shared.draining.load(Relaxed) {
         return Response::error(503, "draining", "the relay is draining: no new channels");
     }
@@ -175,20 +178,21 @@ async fn create(shared: &Arc<Shared>, body: &[u8]) -> Response {
             Err(r) => return r,
         }
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    let key = new_access_key();
-    let owner = owner_of(&id, shared.peers.len());
-    let (tx, rx) = oneshot::channel();
-    let msg = ShardMsg::Create {
-        id: id.clone(),
-        key: key.clone(),
-        buffer_bytes: buffer_bytes as usize,
-        ttl: Duration::from_secs(ttl_s),
-        reply: tx,
+    // An id this shard owns, so the channel is created right here (a random id lands on
+    // a given shard with probability 1/shards).
+    let id = loop {
+        let id = uuid::Uuid::new_v4().to_string();
+        if owner_of(&id, shard.shard_count()) == shard.index {
+            break id;
+        }
     };
-    if shared.peers[owner].send(msg).is_err() || rx.await.is_err() {
-        return Response::error(503, "unavailable", "shard unavailable");
-    }
+    let key = new_access_key();
+    shard.create(
+        id.clone(),
+        key.clone(),
+        buffer_bytes as usize,
+        Duration::from_secs(ttl_s),
+    );
     let r = |dir: &str| json!({"channel_id": id, "access_key": key, "direction": dir});
     Response::json(
         201,
@@ -231,34 +235,48 @@ fn put_routes(shared: &Arc<Shared>, body: &[u8]) -> Response {
     Response::json(200, json!({ "routes": n }))
 }
 
-async fn inspect(shared: &Arc<Shared>, id: &str) -> Response {
+async fn inspect(shard: &Rc<Shard>, id: &str) -> Response {
+    let owner = owner_of(id, shard.shard_count());
+    if owner == shard.index {
+        return inspect_reply(Ok::<_, ()>(shard.inspect(id)));
+    }
     let (tx, rx) = oneshot::channel();
-    let owner = owner_of(id, shared.peers.len());
     let msg = ShardMsg::Inspect {
         id: id.to_string(),
         reply: tx,
     };
-    if shared.peers[owner].send(msg).is_err() {
+    if shard.shared.peers[owner].send(msg).is_err() {
         return Response::error(503, "unavailable", "shard unavailable");
     }
-    match rx.await {
+    inspect_reply(rx.await)
+}
+
+fn inspect_reply<E>(info: Result<Option<ChannelInfo>, E>) -> Response {
+    match info {
         Ok(Some(info)) => Response::json(200, serde_json::to_value(info).expect("serializable")),
         Ok(None) => Response::error(404, "not_found", "no such channel"),
         Err(_) => Response::error(503, "unavailable", "shard unavailable"),
     }
 }
 
-async fn delete(shared: &Arc<Shared>, id: &str) -> Response {
+async fn delete(shard: &Rc<Shard>, id: &str) -> Response {
+    let owner = owner_of(id, shard.shard_count());
+    if owner == shard.index {
+        return delete_reply(Ok::<_, ()>(shard.delete(id)));
+    }
     let (tx, rx) = oneshot::channel();
-    let owner = owner_of(id, shared.peers.len());
     let msg = ShardMsg::Delete {
         id: id.to_string(),
         reply: tx,
     };
-    if shared.peers[owner].send(msg).is_err() {
+    if shard.shared.peers[owner].send(msg).is_err() {
         return Response::error(503, "unavailable", "shard unavailable");
     }
-    match rx.await {
+    delete_reply(rx.await)
+}
+
+fn delete_reply<E>(deleted: Result<bool, E>) -> Response {
+    match deleted {
         Ok(true) => Response::empty(204),
         Ok(false) => Response::error(404, "not_found", "no such channel"),
         Err(_) => Response::error(503, "unavailable", "shard unavailable"),

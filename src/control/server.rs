@@ -1,13 +1,14 @@
 //! The control API's HTTP/1.1 server: keep-alive, `Content-Length` bodies, bounded heads
-//! and bodies. Runs on its own thread so control traffic never stalls a data shard.
+//! and bodies. Every shard accepts control connections (one `SO_REUSEPORT` listener each),
+//! so a channel is created on the shard that took the request, with no hop to another
+//! thread.
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::api::{handle, Response};
-use crate::channel::Shared;
+use crate::channel::Shard;
 use crate::config::MAX_CONTROL_BODY_BYTES;
 use crate::ring::{self, Conn, Listener};
 use crate::wire::head::parse_request_head;
@@ -15,13 +16,13 @@ use crate::wire::head::parse_request_head;
 /// Read size for control connections.
 const CONTROL_READ_BYTES: usize = 4096;
 
-/// Accepts control connections forever.
-pub async fn serve(shared: Arc<Shared>, listener: std::net::TcpListener) {
+/// Accepts control connections on `shard` forever.
+pub async fn serve(shard: Rc<Shard>, listener: std::net::TcpListener) {
     let listener = Listener::from_std(listener);
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                ring::spawn(serve_conn(shared.clone(), Rc::new(conn)));
+                ring::spawn(serve_conn(shard.clone(), Rc::new(conn)));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control accept failed");
@@ -52,7 +53,8 @@ fn arm_request_timeout(conn: &Rc<Conn>, deadline: &Rc<Cell<Option<Instant>>>, ti
     });
 }
 
-async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
+async fn serve_conn(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let shared = shard.shared.clone();
     let max_head = shared.config.max_head_bytes;
     let timeout = shared.config.handshake_timeout();
     let deadline = Rc::new(Cell::new(Some(Instant::now() + timeout)));
@@ -122,7 +124,7 @@ async fn serve_conn(shared: Arc<Shared>, conn: Rc<Conn>) {
             let leftover = buf;
             return super::events::serve_events(shared, conn, head, leftover).await;
         }
-        let resp = handle(&shared, &head.method, &head.path, auth, &body).await;
+        let resp = handle(&shard, &head.method, &head.path, auth, &body).await;
         if conn.write_all(resp.render(close)).await.is_err() || close {
             conn.shutdown();
             return;

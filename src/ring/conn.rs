@@ -55,6 +55,15 @@ impl Conn {
         self.write_range(bytes, 0..n).await.0
     }
 
+    /// Writes the connection's last bytes and ends it (as [`Conn::shutdown`]): corked, so
+    /// the FIN leaves in the same segment as the bytes instead of one of its own.
+    pub async fn write_last(&self, bytes: Vec<u8>) -> io::Result<()> {
+        let _ = socket2::SockRef::from(&self.fd()).set_cork(true);
+        let res = self.write_all(bytes).await;
+        self.shutdown();
+        res
+    }
+
     /// Wakes any read in flight (it completes with 0) and stops further reads.
     pub fn shutdown_read(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Read);
@@ -68,23 +77,22 @@ impl Conn {
     /// Ends the connection abortively: the close that follows sends a reset, discarding
     /// unsent data, so a peer that stopped reading learns at once that we are gone.
     pub fn abort(&self) {
-        let fd = self.stream.as_raw_fd();
-        // SAFETY: `fd` is owned by `self.stream`, alive for this borrow; we only set an
-        // option on it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let _ = socket2::SockRef::from(&borrowed).set_linger(Some(std::time::Duration::ZERO));
+        let _ = socket2::SockRef::from(&self.fd()).set_linger(Some(std::time::Duration::ZERO));
         self.shutdown();
     }
 
     /// Detaches the socket so it can be sent to another shard's ring: the descriptor is
     /// duplicated, and this shard's copy is closed when `self` drops.
     pub fn into_std(self) -> io::Result<std::net::TcpStream> {
-        let fd = self.stream.as_raw_fd();
-        // SAFETY: `fd` is owned by `self.stream`, which is alive for this whole borrow, so
-        // it is a valid open descriptor; we only duplicate it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let owned = borrowed.try_clone_to_owned()?;
+        let owned = self.fd().try_clone_to_owned()?;
         Ok(std::net::TcpStream::from(owned))
+    }
+
+    /// The socket's descriptor, for socket options and duplication.
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor is owned by `self.stream` and stays open as long as `self`
+        // lives, which bounds the returned borrow.
+        unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
     }
 }
 

@@ -28,15 +28,6 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
     Ok(out)
 }
 
-/// Binds one plain listener (the control API).
-pub fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())?;
-    s.listen(LISTEN_BACKLOG)?;
-    Ok(s.into())
-}
-
 /// Adopts a bound listener on the current thread's ring and accepts from it.
 pub struct Listener {
     inner: tokio_uring::net::TcpListener,

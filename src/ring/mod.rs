@@ -7,6 +7,6 @@ mod pool;
 mod runtime;
 
 pub use conn::Conn;
-pub use listener::{bind_one, bind_reuseport, Listener, LISTEN_BACKLOG};
+pub use listener::{bind_reuseport, Listener, LISTEN_BACKLOG};
 pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES};
 pub use runtime::{spawn, spawn_pinned, RING_ENTRIES};
