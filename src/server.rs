@@ -1,4 +1,5 @@
-//! Process assembly: bind the listeners, start one shard per core and the control thread.
+//! Process assembly: bind the listeners, start one shard per core (each serving the data
+//! plane and the control API).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         shard_connections: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        shard_channels: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         peers,
         routes: Default::default(),
         subscribers: Default::default(),

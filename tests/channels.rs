@@ -529,3 +529,30 @@ fn pings_are_answered_before_pairing() {
         f.describe()
     );
 }
+
+/// A stream's last data and the reader's Close leave the relay in one write: the reader gets
+/// them in one TCP segment, not two (a packet fewer per channel for short streams).
+#[test]
+fn last_data_and_close_reach_the_reader_in_one_segment() {
+    let relay = Relay::start();
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    let before = data_segments_received(&r.stream);
+    let mut bytes = frame(true, OP_BINARY, b"the last words");
+    bytes.extend(frame(true, OP_CLOSE, &close_payload(1000, "")));
+    w.write_raw(&bytes).unwrap();
+    let f = r.read_frame().expect("data frame");
+    assert_eq!(f.payload, b"the last words");
+    let c = r.read_frame().expect("close frame");
+    assert_eq!(c.close_code().0, 1000, "{}", c.describe());
+    assert_eq!(
+        data_segments_received(&r.stream) - before,
+        1,
+        "data and Close came in separate segments"
+    );
+    r.send_close(1000, "");
+    let (code, _) = w.expect_close("writer");
+    assert_eq!(code, 1000, "writer: close reply code");
+    w.expect_eof("writer");
+}

@@ -271,3 +271,26 @@ fn ends_on_different_shards_meet() {
         "80 connections on 2 shards and no handoff? {handoffs}\n{m}"
     );
 }
+
+/// The control API creates a channel on the shard that took the request unless that shard
+/// already holds more channels than another: one busy keep-alive control connection still
+/// spreads its channels over every core.
+#[test]
+fn one_control_connection_spreads_channels_over_shards() {
+    let relay = Relay::start(); // --shards 2
+    let mut conn = tcp_connect(relay.control);
+    let mut per_shard = [0usize; 2];
+    for i in 0..21 {
+        let r = request_on(&mut conn, "POST", "/v1/channels", b"");
+        assert_eq!(r.status, 201, "create {i}: {}", r.text());
+        let id = r.json()["channel_id"]
+            .as_str()
+            .expect("channel_id")
+            .to_string();
+        per_shard[chanrelay::channel::owner_of(&id, 2)] += 1;
+    }
+    assert!(
+        per_shard[0].abs_diff(per_shard[1]) <= 1,
+        "channels per shard: {per_shard:?}"
+    );
+}

@@ -25,6 +25,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Connections open per accepting shard.
     pub shard_connections: Vec<AtomicUsize>,
+    /// Channels in each shard's table: where the control API places new channels.
+    pub shard_channels: Vec<AtomicUsize>,
     pub peers: Vec<mpsc::UnboundedSender<ShardMsg>>,
     /// HTTP routes registered by the control engine (read once per unmatched request).
     pub routes: std::sync::RwLock<Vec<crate::wire::ingress::IngressRoute>>,
@@ -92,6 +94,14 @@ pub enum ShardMsg {
         leftover: Vec<u8>,
         guard: ConnGuard,
     },
+    /// A channel the control API placed here from another shard.
+    Create {
+        id: String,
+        key: String,
+        buffer_bytes: usize,
+        ttl: Duration,
+        reply: oneshot::Sender<()>,
+    },
     Inspect {
         id: String,
         reply: oneshot::Sender<Option<ChannelInfo>>,
@@ -142,7 +152,12 @@ impl Shard {
     /// Registers a channel and arms its TTL.
     pub fn create(self: &Rc<Self>, id: String, key: String, buffer_bytes: usize, ttl: Duration) {
         let ch = Rc::new(Channel::new(id.clone(), key, buffer_bytes));
-        self.channels.borrow_mut().insert(id, ch.clone());
+        let n = {
+            let mut channels = self.channels.borrow_mut();
+            channels.insert(id, ch.clone());
+            channels.len()
+        };
+        self.shared.shard_channels[self.index].store(n, Relaxed);
         METRICS.channels_created.fetch_add(1, Relaxed);
         METRICS.channels_active.fetch_add(1, Relaxed);
         let shard = self.clone();
@@ -248,7 +263,12 @@ impl Shard {
         if ch.removed.replace(true) {
             return;
         }
-        self.channels.borrow_mut().remove(&ch.id);
+        let n = {
+            let mut channels = self.channels.borrow_mut();
+            channels.remove(&ch.id);
+            channels.len()
+        };
+        self.shared.shard_channels[self.index].store(n, Relaxed);
         ch.retired.notify_one();
         if let Some(expiry) = ch.signed_expiry.get() {
             let mut used = self.used_signed.borrow_mut();
@@ -369,6 +389,16 @@ impl Shard {
                     leftover,
                     guard,
                 ));
+            }
+            ShardMsg::Create {
+                id,
+                key,
+                buffer_bytes,
+                ttl,
+                reply,
+            } => {
+                self.create(id, key, buffer_bytes, ttl);
+                let _ = reply.send(());
             }
             ShardMsg::Inspect { id, reply } => {
                 let _ = reply.send(self.inspect(&id));

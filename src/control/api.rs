@@ -101,7 +101,7 @@ pub async fn handle(
             content_type: "text/plain; version=0.0.4",
             body: METRICS.render(),
         },
-        (Method::Post, ["v1", "channels"]) => create(shard, body),
+        (Method::Post, ["v1", "channels"]) => create(shard, body).await,
         (Method::Put, ["v1", "routes"]) => put_routes(shared, body),
         (Method::Get, ["v1", "routes"]) => {
             let routes = shared.routes.read().expect("routes lock");
@@ -147,7 +147,7 @@ fn int_field(
     }
 }
 
-fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
+async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
     let shared = &shard.shared;
     if shared.draining.load(Relaxed) {
         return Response::error(503, "draining", "the relay is draining: no new channels");
@@ -178,21 +178,33 @@ fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
             Err(r) => return r,
         }
     }
-    // An id this shard owns, so the channel is created right here (a random id lands on
-    // a given shard with probability 1/shards).
+    let target = placement(shard);
+    // An id the target shard owns (a random id lands on a given shard with probability
+    // 1/shards).
     let id = loop {
         let id = uuid::Uuid::new_v4().to_string();
-        if owner_of(&id, shard.shard_count()) == shard.index {
+        if owner_of(&id, shard.shard_count()) == target {
             break id;
         }
     };
     let key = new_access_key();
-    shard.create(
-        id.clone(),
-        key.clone(),
-        buffer_bytes as usize,
-        Duration::from_secs(ttl_s),
-    );
+    let (buffer_bytes, ttl) = (buffer_bytes as usize, Duration::from_secs(ttl_s));
+    if target == shard.index {
+        shard.create(id.clone(), key.clone(), buffer_bytes, ttl);
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let msg = ShardMsg::Create {
+            id: id.clone(),
+            key: key.clone(),
+            buffer_bytes,
+            ttl,
+            reply: tx,
+        };
+        // Answer only once the channel exists, so its ref never comes back 404.
+        if shared.peers[target].send(msg).is_err() || rx.await.is_err() {
+            return Response::error(503, "unavailable", "shard unavailable");
+        }
+    }
     let r = |dir: &str| json!({"channel_id": id, "access_key": key, "direction": dir});
     Response::json(
         201,
@@ -205,6 +217,25 @@ fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
             "ttl_s": ttl_s,
         }),
     )
+}
+
+/// The shard a new channel goes to: the one that took the request (no hop to another
+/// thread), unless it holds more channels than the least loaded shard — then that one, so
+/// a single busy control connection still spreads its channels over every core.
+fn placement(shard: &Shard) -> usize {
+    let counts = &shard.shared.shard_channels;
+    let here = counts[shard.index].load(Relaxed);
+    let (least, min) = counts
+        .iter()
+        .map(|c| c.load(Relaxed))
+        .enumerate()
+        .min_by_key(|&(_, n)| n)
+        .expect("at least one shard");
+    if here <= min {
+        shard.index
+    } else {
+        least
+    }
 }
 
 /// Replaces the route table with the engine's list.

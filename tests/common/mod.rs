@@ -379,6 +379,63 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// One `POST`/`GET`/… on an open keep-alive connection; the response must carry a
+/// `Content-Length` body (the control API's always do).
+pub fn request_on(s: &mut TcpStream, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).expect("write HTTP request");
+    let (head, mut rest) = read_head(s).expect("read HTTP response head");
+    let (status, headers) = parse_head(&head);
+    let n: usize = header_of(&headers, "content-length")
+        .expect("content-length")
+        .trim()
+        .parse()
+        .expect("content-length value");
+    while rest.len() < n {
+        let mut tmp = vec![0u8; n - rest.len()];
+        let k = s.read(&mut tmp).expect("read body");
+        assert!(k > 0, "EOF in body");
+        rest.extend_from_slice(&tmp[..k]);
+    }
+    assert_eq!(rest.len(), n, "bytes after the response");
+    HttpResponse {
+        status,
+        headers,
+        body: rest,
+    }
+}
+
+/// TCP segments carrying data that `s` has received so far (Linux `tcp_info.tcpi_data_segs_in`).
+pub fn data_segments_received(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // `struct tcp_info` as of Linux 4.6+: `tcpi_data_segs_in` is the u32 at byte 152.
+    const DATA_SEGS_IN: usize = 152;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes that outlives the call, and the
+    // kernel writes at most `len` bytes and stores the length it wrote in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt TCP_INFO: {}", io::Error::last_os_error());
+    assert!(
+        len as usize >= DATA_SEGS_IN + 4,
+        "kernel tcp_info too short ({len} bytes)"
+    );
+    u32::from_ne_bytes(info[DATA_SEGS_IN..DATA_SEGS_IN + 4].try_into().unwrap())
+}
+
 /// One request on a fresh connection (`Connection: close`).
 pub fn http_request(
     addr: SocketAddr,
