@@ -16,10 +16,10 @@ run tp1       --spawn --runs 5 --plot "$OUT/tp1.svg" throughput --channels 1 --b
 run tp1-pin   --spawn --runs 5 --shards 1 --relay-cpus 0 --client-cpus 1 throughput --channels 1 --bytes 1GiB
 run tp16      --spawn --runs 5 throughput --channels 16 --bytes 64MiB
 run tp256     --spawn --runs 5 --plot "$OUT/tp256.svg" throughput --channels 256 --bytes 16MiB
-# The same with the relay and the copy-proxy both at nice -10 (as an operator runs a data
+# The same with the relay and the copy-proxy both at nice -20 (as an operator runs a data
 # plane beside CPU-hungry clients; see docs/benchmarks.md): needs root or CAP_SYS_NICE.
-run tp16-nice  --spawn --runs 5 --relay-nice=-10 throughput --channels 16 --bytes 64MiB
-run tp256-nice --spawn --runs 5 --relay-nice=-10 --plot "$OUT/tp256-nice.svg" throughput --channels 256 --bytes 16MiB
+run tp16-nice  --spawn --runs 5 --relay-nice=-20 throughput --channels 16 --bytes 64MiB
+run tp256-nice --spawn --runs 5 --relay-nice=-20 --plot "$OUT/tp256-nice.svg" throughput --channels 256 --bytes 16MiB
 run latency   --spawn --runs 5 latency --messages 20000
 run rate      --spawn --runs 5 rate --messages 2000000
 run setup     --spawn --runs 5 setup --channels 5000

@@ -46,7 +46,8 @@ def merge(paths):
 def table(path):
     d = merge(path) if isinstance(path, list) else json.load(open(path))
     systems = ["chanrelay", "copy-proxy", "direct"]
-    out = [f"**{d['scenario']}** — load average at end {d['machine'].get('loadavg_at_end','?')}", "",
+    nice = f", relay and copy-proxy at nice {d['relay_nice']}" if d.get("relay_nice") is not None else ""
+    out = [f"**{d['scenario']}{nice}** — load average at end {d['machine'].get('loadavg_at_end','?')}", "",
            "| metric | chanrelay | copy-proxy | direct | ÷ copy-proxy | ÷ direct |",
            "|---|---|---|---|---|---|"]
     for r in d["summary"]:
@@ -63,7 +64,7 @@ def table(path):
 if __name__ == "__main__":
     d = sys.argv[1] if len(sys.argv) > 1 else "bench-out"
     import glob
-    for name in ["tp1", "tp1-pin", "tp16", "tp256", "latency", "rate", "setup", "idle", "stall", "http1", "http16"]:
+    for name in ["tp1", "tp1-pin", "tp16", "tp256", "tp16-nice", "tp256-nice", "latency", "rate", "setup", "idle", "stall", "http1", "http16"]:
         p = os.path.join(d, name + ".json")
         if not os.path.exists(p):
             p = sorted(glob.glob(os.path.join(d, name + "-[0-9]*.json"))) or None
