@@ -530,15 +530,18 @@ fn pings_are_answered_before_pairing() {
     );
 }
 
-/// A stream's last data and the reader's Close leave the relay in one write: the reader gets
-/// them in one TCP segment, not two (a packet fewer per channel for short streams).
+/// A stream's last data, the reader's Close and the FIN leave the relay together: the reader
+/// gets them in one TCP segment, not three (packets per channel are what set-up costs).
 #[test]
-fn last_data_and_close_reach_the_reader_in_one_segment() {
+fn last_data_close_and_fin_reach_the_reader_in_one_segment() {
     let relay = Relay::start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
-    let before = data_segments_received(&r.stream);
+    let (before, before_all) = (
+        data_segments_received(&r.stream),
+        segments_received(&r.stream),
+    );
     let mut bytes = frame(true, OP_BINARY, b"the last words");
     bytes.extend(frame(true, OP_CLOSE, &close_payload(1000, "")));
     w.write_raw(&bytes).unwrap();
@@ -546,10 +549,20 @@ fn last_data_and_close_reach_the_reader_in_one_segment() {
     assert_eq!(f.payload, b"the last words");
     let c = r.read_frame().expect("close frame");
     assert_eq!(c.close_code().0, 1000, "{}", c.describe());
+    // The FIN is already here: the relay does not wait for our answer to send it.
+    r.stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    r.expect_eof("reader, before answering the Close");
     assert_eq!(
         data_segments_received(&r.stream) - before,
         1,
         "data and Close came in separate segments"
+    );
+    assert_eq!(
+        segments_received(&r.stream) - before_all,
+        1,
+        "the FIN came in a segment of its own"
     );
     r.send_close(1000, "");
     let (code, _) = w.expect_close("writer");

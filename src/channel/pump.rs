@@ -328,12 +328,19 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
                 }
             }
             Next::Send(mut chunk) => {
-                if append_final_close(ch, &mut chunk) {
+                let last = append_final_close(ch, &mut chunk);
+                if last {
                     // From here on the reader's Close is the answer to ours.
                     ch.state.borrow_mut().reader_close_sent = true;
+                    conn.cork();
                 }
                 ch.state.borrow_mut().reader_busy = true;
                 deliver(shard, ch, conn, chunk).await;
+                if last {
+                    // Nothing follows our Close: the FIN leaves with it (the reader's
+                    // answer is still read).
+                    conn.shutdown_write();
+                }
             }
             Next::Close(end) => break end,
         }

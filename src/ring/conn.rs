@@ -58,10 +58,21 @@ impl Conn {
     /// Writes the connection's last bytes and ends it (as [`Conn::shutdown`]): corked, so
     /// the FIN leaves in the same segment as the bytes instead of one of its own.
     pub async fn write_last(&self, bytes: Vec<u8>) -> io::Result<()> {
-        let _ = socket2::SockRef::from(&self.fd()).set_cork(true);
+        self.cork();
         let res = self.write_all(bytes).await;
         self.shutdown();
         res
+    }
+
+    /// Holds back partial segments until the connection is shut down for writing (or the
+    /// kernel's 200 ms cork limit): the last bytes and the FIN then share one segment.
+    pub fn cork(&self) {
+        let _ = socket2::SockRef::from(&self.fd()).set_cork(true);
+    }
+
+    /// Sends the FIN (with any corked bytes); reads go on.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Wakes any read in flight (it completes with 0) and stops further reads.

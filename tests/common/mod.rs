@@ -412,9 +412,19 @@ pub fn request_on(s: &mut TcpStream, method: &str, path: &str, body: &[u8]) -> H
 
 /// TCP segments carrying data that `s` has received so far (Linux `tcp_info.tcpi_data_segs_in`).
 pub fn data_segments_received(s: &TcpStream) -> u32 {
-    use std::os::fd::AsRawFd;
     // `struct tcp_info` as of Linux 4.6+: `tcpi_data_segs_in` is the u32 at byte 152.
-    const DATA_SEGS_IN: usize = 152;
+    tcp_info_u32(s, 152)
+}
+
+/// TCP segments of any kind that `s` has received so far (`tcp_info.tcpi_segs_in`).
+pub fn segments_received(s: &TcpStream) -> u32 {
+    // `tcpi_segs_in` is the u32 at byte 140 (Linux 4.2+).
+    tcp_info_u32(s, 140)
+}
+
+/// The u32 at byte `offset` of the kernel's `struct tcp_info` for `s`.
+fn tcp_info_u32(s: &TcpStream, offset: usize) -> u32 {
+    use std::os::fd::AsRawFd;
     let mut info = [0u8; 256];
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: `info` is a writable buffer of `len` bytes that outlives the call, and the
@@ -430,10 +440,10 @@ pub fn data_segments_received(s: &TcpStream) -> u32 {
     };
     assert_eq!(rc, 0, "getsockopt TCP_INFO: {}", io::Error::last_os_error());
     assert!(
-        len as usize >= DATA_SEGS_IN + 4,
+        len as usize >= offset + 4,
         "kernel tcp_info too short ({len} bytes)"
     );
-    u32::from_ne_bytes(info[DATA_SEGS_IN..DATA_SEGS_IN + 4].try_into().unwrap())
+    u32::from_ne_bytes(info[offset..offset + 4].try_into().unwrap())
 }
 
 /// One request on a fresh connection (`Connection: close`).
