@@ -370,7 +370,11 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
         let _ = conn.write_all(close_frame(1000, "")).await;
     } else if at_boundary {
         let (code, reason) = end.reader_close();
-        if conn.write_all(close_frame(code, reason)).await.is_ok() {
+        // Nothing follows our Close: the FIN goes with it (corked).
+        conn.cork();
+        let sent = conn.write_all(close_frame(code, reason)).await.is_ok();
+        conn.shutdown_write();
+        if sent {
             // Let the reader answer before the socket goes, so nothing in flight is reset.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;
         }
