@@ -592,8 +592,8 @@ fn thousands_of_unfinished_handshakes_are_dropped_and_relay_stays_responsive() {
 // ---------------------------------------------------------------------------
 
 /// Sends a raw request, returns the status (None: closed without an answer) and the text.
-fn raw_status(relay: &Relay, req: &[u8]) -> (Option<u16>, String) {
-    let (got, _) = raw_exchange(relay.data, req, Duration::from_secs(5));
+fn raw_status(addr: std::net::SocketAddr, req: &[u8]) -> (Option<u16>, String) {
+    let (got, _) = raw_exchange(addr, req, Duration::from_secs(5));
     (status_of(&got), String::from_utf8_lossy(&got).into_owned())
 }
 
@@ -666,7 +666,7 @@ fn content_length_and_chunked_conflicts_are_400() {
         let ch = relay.create();
         let mut req = put_head(&ch, headers).into_bytes();
         req.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
-        let (status, text) = raw_status(&relay, &req);
+        let (status, text) = raw_status(relay.data, &req);
         if status != Some(400) {
             failures.push(format!(
                 "{name}: got {status:?} {:?}",
@@ -696,7 +696,7 @@ fn content_length_with_plus_sign_is_400() {
         r.set_read_timeout(Duration::from_secs(5));
         let mut req = put_head(&ch, &format!("Content-Length: {cl}\r\n")).into_bytes();
         req.extend_from_slice(b"hello");
-        let (status, text) = raw_status(&relay, &req);
+        let (status, text) = raw_status(relay.data, &req);
         let want = if cl.starts_with('+') { 400 } else { 200 };
         if status != Some(want) {
             let (frames, code, _) = r.read_until_close("reader");
@@ -729,7 +729,7 @@ fn unsupported_transfer_coding_before_chunked_is_refused() {
         r.set_read_timeout(Duration::from_secs(5));
         let mut req = put_head(&ch, &format!("Transfer-Encoding: {te}\r\n")).into_bytes();
         req.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
-        let (status, text) = raw_status(&relay, &req);
+        let (status, text) = raw_status(relay.data, &req);
         if !matches!(status, Some(400) | Some(501)) {
             let reader = r.read_until_close("reader");
             failures.push(format!(
@@ -762,7 +762,7 @@ fn bad_chunked_bodies_never_end_cleanly() {
         r.set_read_timeout(Duration::from_secs(5));
         let mut req = put_head(&ch, "Transfer-Encoding: chunked\r\n").into_bytes();
         req.extend_from_slice(body);
-        let (status, text) = raw_status(&relay, &req);
+        let (status, text) = raw_status(relay.data, &req);
         assert_ne!(status, Some(200), "{name}: upload accepted: {text:?}");
         if let Some(s) = status {
             assert!((400..600).contains(&s), "{name}: {text:?}");
@@ -980,7 +980,7 @@ fn invalid_percent_encoding_in_key_is_400() {
                 ),
             ),
         ] {
-            let (status, text) = raw_status(&relay, req.as_bytes());
+            let (status, text) = raw_status(relay.data, req.as_bytes());
             if status != Some(400) {
                 failures.push(format!("key={key} {dir}: {:?}", head_text(text.as_bytes())));
             }
@@ -1043,7 +1043,7 @@ fn traversal_looking_and_overlong_channel_ids_are_404() {
                 t.replace("dir=read", "dir=write")
             ),
         ] {
-            let (status, text) = raw_status(&relay, req.as_bytes());
+            let (status, text) = raw_status(relay.data, req.as_bytes());
             if status != Some(404) {
                 failures.push(format!(
                     "{} {}: {:?}",
@@ -1087,53 +1087,23 @@ fn oversized_control_api_bodies_are_413() {
     assert_eq!(r.status, 413, "64 KiB + 1: {}", r.text());
     // An announced terabyte is refused at once, without waiting for it.
     let t = Instant::now();
-    let (got, _) = raw_exchange(
+    let (status, text) = raw_status(
         relay.control,
         b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n{",
-        Duration::from_secs(5),
     );
-    assert_eq!(
-        status_of(&got),
-        Some(413),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
+    assert_eq!(status, Some(413), "{text:?}");
     assert!(t.elapsed() < Duration::from_secs(3));
     // Same for other routes.
-    let (got, _) = raw_exchange(
+    let (status, text) = raw_status(
         relay.control,
         b"DELETE /v1/channels/x HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n",
-        Duration::from_secs(5),
     );
-    assert_eq!(
-        status_of(&got),
-        Some(413),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
+    assert_eq!(status, Some(413), "{text:?}");
     // Chunked bodies are refused (411); CL + chunked is 400.
-    let (got, _) = raw_exchange(
-        relay.control,
-        b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-        Duration::from_secs(5),
-    );
-    assert_eq!(
-        status_of(&got),
-        Some(411),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
-    let (got, _) = raw_exchange(
-        relay.control,
-        b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
-        Duration::from_secs(5),
-    );
-    assert_eq!(
-        status_of(&got),
-        Some(400),
-        "{:?}",
-        String::from_utf8_lossy(&got)
-    );
+    let (status, text) = raw_status(relay.control, b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
+    assert_eq!(status, Some(411), "{text:?}");
+    let (status, text) = raw_status(relay.control, b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}");
+    assert_eq!(status, Some(400), "{text:?}");
     // A control head over max_head_bytes: 431.
     let mut req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
     req.resize(8192 + 100, b'p');
@@ -1177,7 +1147,7 @@ fn oversized_request_head_is_431() {
         h.push_str(&format!("X-{i}: v\r\n"));
     }
     let (status, text) = raw_status(
-        &relay,
+        relay.data,
         format!(
             "GET {} HTTP/1.1\r\nHost: x\r\n{h}\r\n",
             ws_path(&ch.id, &ch.key, "read")

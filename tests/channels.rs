@@ -6,14 +6,6 @@ use common::*;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-/// Writer side of a clean end: after our Close the relay replies Close and closes the TCP.
-fn writer_finish(w: &mut Ws, what: &str) {
-    w.send_close(1000, "");
-    let (code, _) = w.expect_close(what);
-    assert_eq!(code, 1000, "{what}: close reply code");
-    w.expect_eof(what);
-}
-
 #[test]
 fn reader_first_then_writer() {
     let relay = Relay::start();
@@ -156,11 +148,8 @@ fn ten_mib_in_64k_frames_with_messages_byte_exact() {
         }
         out.extend(frame(true, OP_TEXT, b"{\"msg\":\"end\"}"));
         flush(&mut w, &mut out);
-        w.send_close(1000, "");
         // Nothing may arrive at the writer before the relay's Close reply.
-        let (code, _) = w.expect_close("writer");
-        assert_eq!(code, 1000);
-        w.expect_eof("writer");
+        writer_finish(&mut w, "writer");
         h.finalize().to_vec()
     });
 
@@ -565,7 +554,5 @@ fn last_data_close_and_fin_reach_the_reader_in_one_segment() {
         "the FIN came in a segment of its own"
     );
     r.send_close(1000, "");
-    let (code, _) = w.expect_close("writer");
-    assert_eq!(code, 1000, "writer: close reply code");
-    w.expect_eof("writer");
+    expect_close_reply(&mut w, "writer");
 }

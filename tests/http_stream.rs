@@ -199,8 +199,7 @@ fn status_and_headers_from_control_messages() {
 fn injected_crlf_never_reaches_the_wire() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_text(&set_headers(json!({
         "x-a": "1\r\nset-cookie: evil=1",
@@ -256,8 +255,7 @@ fn content_length_gives_exact_identity_body() {
 fn content_length_body_is_clipped_and_connection_reusable() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_text(&set_headers(json!({"content-length": "70000"})));
     let data = random_bytes(70000 + 100);
@@ -343,8 +341,7 @@ fn writer_drop_mid_body_fails_curl() {
 fn writer_reset_mid_body_leaves_no_last_chunk() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_binary(b"first");
     let head = c.expect_head("response");
@@ -367,8 +364,7 @@ fn writer_reset_mid_body_leaves_no_last_chunk() {
 fn writer_abort_before_head_gives_502() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);
     let mut w = relay.connect(&ch, "write");
     w.send_text(&set_status(201));
@@ -702,8 +698,7 @@ fn sse_events_are_cut_through_one_by_one() {
 fn sse_writer_cache_control_is_kept() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_text(&set_headers(json!({
         "content-type": "text/event-stream; charset=utf-8",
@@ -834,8 +829,7 @@ fn curl_http10_download() {
 fn empty_binary_frame_does_not_end_chunked_body() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_binary(b"a");
     w.send_binary(b"");
@@ -852,8 +846,7 @@ fn empty_binary_frame_does_not_end_chunked_body() {
 fn fragmented_messages_are_reassembled() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send(false, OP_TEXT, br#"{"type":"set_"#);
     w.send(false, OP_CONT, br#"status","status_"#);
@@ -872,8 +865,7 @@ fn fragmented_messages_are_reassembled() {
 fn http_reader_gone_gives_writer_1001() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_binary(b"first");
     let _ = c.expect_head("head");
@@ -952,8 +944,7 @@ fn http_refusals_are_json() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.json()["error"]["code"].is_string());
     // A second HTTP reader → 409.
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let _c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);
     let r = http_request(relay.data, "GET", &chan_path(&ch, "read"), &[], None);
     assert_eq!(r.status, 409, "{}", r.text());
@@ -1176,8 +1167,7 @@ fn pipelined_get_after_upload_is_answered() {
 fn check_bodiless_status(status: u16, content_length: Option<usize>) {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     let forged = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-forged: yes\r\n\r\nforged";
     w.send_text(&set_status(status));
@@ -1239,8 +1229,7 @@ fn informational_status_is_never_the_final_head() {
     for status in [101u16, 103] {
         let relay = Relay::start();
         let ch = relay.create();
-        let mut c = HttpConn::connect(relay.data);
-        c.get(&chan_path(&ch, "read"), false, &[]);
+        let mut c = HttpConn::read_channel(&relay, &ch);
         let mut w = relay.connect(&ch, "write");
         w.send_text(&set_status(status));
         w.send_binary(b"body");
@@ -1262,8 +1251,7 @@ fn informational_status_is_never_the_final_head() {
 fn http_reader_leaving_before_writer_frees_the_read_end() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);
     drop(c);
     let freed = wait_for(Duration::from_secs(5), || {
@@ -1275,8 +1263,7 @@ fn http_reader_leaving_before_writer_frees_the_read_end() {
         relay.state(&ch.id)
     );
     // A new reader is accepted and gets the stream.
-    let mut c2 = HttpConn::connect(relay.data);
-    c2.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c2 = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
     w.send_binary(b"after reconnect");
     writer_finish(&mut w, "writer");
@@ -1292,8 +1279,7 @@ fn http_reader_leaving_before_writer_frees_the_read_end() {
 fn fragmented_control_message_split_across_reads() {
     let relay = Relay::start();
     let ch = relay.create();
-    let mut c = HttpConn::connect(relay.data);
-    c.get(&chan_path(&ch, "read"), false, &[]);
+    let mut c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);
     let mut w = relay.connect(&ch, "write");
     w.send(false, OP_TEXT, br#"{"type":"set_status","#);

@@ -235,19 +235,22 @@ fn read_all_frames(r: &mut Ws, total: usize) {
     assert_eq!(code, 1000, "{reason}");
 }
 
-#[test]
-fn stalled_reader_throttles_writer_and_bounds_buffer() {
-    let relay = Relay::start();
-    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
-    let mut r = relay.connect(&ch, "read");
-    let w = relay.connect(&ch, "write");
-    const TOTAL: usize = 64 * 1024 * 1024;
+/// Pushes `total` bytes from `w` on a thread until the writer stalls, and checks that it
+/// stalled and that the relay buffers at most the channel's 1 MiB `buffer_bytes`. Returns
+/// the pusher, the relay's view of the channel while stalled and its `buffered_bytes`.
+fn push_until_stalled(
+    relay: &Relay,
+    ch: &ChannelInfo,
+    w: Ws,
+    total: usize,
+    what: &str,
+) -> (std::thread::JoinHandle<Ws>, serde_json::Value, u64) {
     let progress = Arc::new(AtomicU64::new(0));
-    let pusher = spawn_pusher(w, TOTAL, progress.clone());
+    let pusher = spawn_pusher(w, total, progress.clone());
     let stalled_at = wait_stalled(&progress, Duration::from_secs(15));
     assert!(
-        (stalled_at as usize) < TOTAL,
-        "writer pushed all {TOTAL} bytes into a reader that never reads"
+        (stalled_at as usize) < total,
+        "writer pushed all {total} bytes {what}"
     );
     let st = relay.state(&ch.id);
     let buffered = st["buffered_bytes"]
@@ -258,6 +261,18 @@ fn stalled_reader_throttles_writer_and_bounds_buffer() {
         buffered <= 1048576,
         "buffered_bytes {buffered} > buffer_bytes 1 MiB: {st}"
     );
+    (pusher, st, buffered)
+}
+
+#[test]
+fn stalled_reader_throttles_writer_and_bounds_buffer() {
+    let relay = Relay::start();
+    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
+    let mut r = relay.connect(&ch, "read");
+    let w = relay.connect(&ch, "write");
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let (pusher, st, _) =
+        push_until_stalled(&relay, &ch, w, TOTAL, "into a reader that never reads");
     // A stalled reader is still a connected reader; nothing was dropped.
     assert_eq!(st["reader_connected"], true, "{st}");
     assert_eq!(st["writer_connected"], true, "{st}");
@@ -273,22 +288,7 @@ fn absent_reader_throttles_writer_and_bounds_buffer() {
     let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
     let w = relay.connect(&ch, "write");
     const TOTAL: usize = 48 * 1024 * 1024;
-    let progress = Arc::new(AtomicU64::new(0));
-    let pusher = spawn_pusher(w, TOTAL, progress.clone());
-    let stalled_at = wait_stalled(&progress, Duration::from_secs(15));
-    assert!(
-        (stalled_at as usize) < TOTAL,
-        "writer pushed all {TOTAL} bytes with no reader"
-    );
-    let st = relay.state(&ch.id);
-    let buffered = st["buffered_bytes"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("buffered_bytes: {st}"));
-    eprintln!("writer stalled after {stalled_at} bytes; relay state {st}");
-    assert!(
-        buffered <= 1048576,
-        "buffered_bytes {buffered} > buffer_bytes: {st}"
-    );
+    let (pusher, st, buffered) = push_until_stalled(&relay, &ch, w, TOTAL, "with no reader");
     assert!(
         buffered > 0,
         "nothing buffered while the writer is blocked: {st}"
@@ -317,52 +317,17 @@ fn reader_close_gives_writer_1001() {
     assert_eq!((code, reason.as_str()), (1001, "reader gone"));
 }
 
-#[test]
-fn reader_drop_while_writer_is_throttled_gives_writer_1001() {
+/// Pushes 64 MiB of frames from a clone of the writer's socket (its own side stays free to
+/// read) until the relay stops reading it; write errors end the push (the relay may reset
+/// the writer once it has told it). Returns the pusher once the writer is throttled.
+fn push_until_throttled(w: &Ws) -> std::thread::JoinHandle<()> {
     use std::io::Write;
-    let relay = Relay::start();
-    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
-    let r = relay.connect(&ch, "read");
-    let mut w = relay.connect(&ch, "write");
-    // Push from a clone of the writer's socket; read the writer's side here.
     let mut raw = w.stream.try_clone().unwrap();
     raw.set_write_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let progress = Arc::new(AtomicU64::new(0));
     let p2 = progress.clone();
     let pusher = std::thread::spawn(move || {
-        for i in 0..1024usize {
-            let f = frame(true, OP_BINARY, chunk(i, 64 * 1024));
-            if raw.write_all(&f).is_err() {
-                return; // the relay may reset us once it has told us
-            }
-            p2.fetch_add(f.len() as u64, Ordering::SeqCst);
-        }
-    });
-    let stalled_at = wait_stalled(&progress, Duration::from_secs(15));
-    assert!(
-        (stalled_at as usize) < 1024 * 64 * 1024,
-        "writer was never throttled"
-    );
-    r.reset();
-    w.set_read_timeout(Duration::from_secs(5));
-    let (code, reason) = w.expect_close("throttled writer");
-    assert_eq!((code, reason.as_str()), (1001, "reader gone"));
-    let _ = w.stream.shutdown(std::net::Shutdown::Both);
-    pusher.join().unwrap();
-}
-
-#[test]
-fn delete_while_writer_is_throttled_aborts_both() {
-    let relay = Relay::start();
-    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
-    let w = relay.connect(&ch, "write");
-    let progress = Arc::new(AtomicU64::new(0));
-    let mut raw = w.stream.try_clone().unwrap();
-    let mut w = w;
-    let p2 = progress.clone();
-    let pusher = std::thread::spawn(move || {
-        use std::io::Write;
         for i in 0..1024usize {
             let f = frame(true, OP_BINARY, chunk(i, 64 * 1024));
             if raw.write_all(&f).is_err() {
@@ -376,6 +341,30 @@ fn delete_while_writer_is_throttled_aborts_both() {
         (stalled_at as usize) < 1024 * 64 * 1024,
         "writer was never throttled"
     );
+    pusher
+}
+
+#[test]
+fn reader_drop_while_writer_is_throttled_gives_writer_1001() {
+    let relay = Relay::start();
+    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
+    let r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    let pusher = push_until_throttled(&w);
+    r.reset();
+    w.set_read_timeout(Duration::from_secs(5));
+    let (code, reason) = w.expect_close("throttled writer");
+    assert_eq!((code, reason.as_str()), (1001, "reader gone"));
+    let _ = w.stream.shutdown(std::net::Shutdown::Both);
+    pusher.join().unwrap();
+}
+
+#[test]
+fn delete_while_writer_is_throttled_aborts_both() {
+    let relay = Relay::start();
+    let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
+    let mut w = relay.connect(&ch, "write");
+    let pusher = push_until_throttled(&w);
     assert_eq!(relay.delete(&ch.id), 204);
     w.set_read_timeout(Duration::from_secs(5));
     let (code, reason) = w.expect_close("throttled writer");

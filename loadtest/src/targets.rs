@@ -151,32 +151,44 @@ impl Relay {
         if std::env::var_os("CHANRELAY_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
             cmd.env("CHANRELAY_LOG", "warn");
         }
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::other(format!("cannot start {bin}: {e}")))?;
-        let lines = match wait_lines(
-            &mut child,
+        let (child, lines) = start_system(
+            &mut cmd,
             &[
                 "chanrelay data listening on ",
                 "chanrelay control listening on ",
             ],
             Duration::from_secs(15),
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                drop(ChildGuard(child));
-                return Err(e);
-            }
-        };
-        let pid = child.id();
-        place_child(pid, placement);
+            placement,
+        )
+        .map_err(|e| io::Error::other(format!("{bin}: {e}")))?;
         Ok(Relay {
             data: lines[0].clone(),
             control: lines[1].clone(),
-            pid: Some(pid),
-            _child: Some(ChildGuard(child)),
+            pid: Some(child.0.id()),
+            _child: Some(child),
         })
+    }
+}
+
+/// Starts a system under test, waits for the lines that announce its addresses (values
+/// after `prefixes`, in order) and applies `placement` to it. The child is killed if it
+/// does not announce itself.
+fn start_system(
+    cmd: &mut Command,
+    prefixes: &'static [&'static str],
+    timeout: Duration,
+    placement: &Placement,
+) -> io::Result<(ChildGuard, Vec<String>)> {
+    let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn()?;
+    match wait_lines(&mut child, prefixes, timeout) {
+        Ok(lines) => {
+            place_child(child.id(), placement);
+            Ok((ChildGuard(child), lines))
+        }
+        Err(e) => {
+            drop(ChildGuard(child));
+            Err(e)
+        }
     }
 }
 
@@ -285,35 +297,24 @@ pub struct CopyProxy {
 
 impl CopyProxy {
     pub fn spawn(upstream: &str, read_size: usize, placement: &Placement) -> io::Result<CopyProxy> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .args([
-                "copy-proxy",
-                "--upstream",
-                upstream,
-                "--read-size",
-                &read_size.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()?;
-        let lines = match wait_lines(
-            &mut child,
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args([
+            "copy-proxy",
+            "--upstream",
+            upstream,
+            "--read-size",
+            &read_size.to_string(),
+        ]);
+        let (child, lines) = start_system(
+            &mut cmd,
             &["copy-proxy listening on "],
             Duration::from_secs(10),
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                drop(ChildGuard(child));
-                return Err(e);
-            }
-        };
-        let pid = child.id();
-        place_child(pid, placement);
+            placement,
+        )?;
         Ok(CopyProxy {
             addr: lines[0].clone(),
-            pid,
-            _child: ChildGuard(child),
+            pid: child.0.id(),
+            _child: child,
         })
     }
 }

@@ -151,16 +151,11 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
     let Some(guard) = ConnGuard::admit(&shard.shared, shard.index) else {
         return refuse(conn, Refusal::Unavailable("connection limit reached")).await;
     };
-    serve_requests(shard, conn, guard).await
-}
-
-/// Reads request heads on `conn` and serves them; HTTP requests may keep the connection
-/// alive for the next one.
-async fn serve_requests(shard: Rc<Shard>, conn: Conn, guard: ConnGuard) {
     serve_requests_from(shard, conn, guard, Vec::new()).await
 }
 
-/// Same, with bytes of the next request already read.
+/// Reads request heads on `conn` (after `initial`, bytes of the next request already read)
+/// and serves them; HTTP requests may keep the connection alive for the next one.
 async fn serve_requests_from(shard: Rc<Shard>, conn: Conn, guard: ConnGuard, initial: Vec<u8>) {
     let mut conn = conn;
     let mut initial = initial;
@@ -195,7 +190,21 @@ async fn serve_requests_from(shard: Rc<Shard>, conn: Conn, guard: ConnGuard, ini
         };
         let owner = owner_of(&target.channel_id, shard.shard_count());
         if owner != shard.index {
-            return hand_off(&shard, owner, conn, head, target, mode, leftover, guard);
+            match conn.into_std() {
+                Ok(conn) => {
+                    let h = Handoff {
+                        conn,
+                        head,
+                        target,
+                        mode,
+                        leftover,
+                        guard,
+                    };
+                    hand_off(&shard, owner, h);
+                }
+                Err(e) => tracing::warn!(error = %e, "handoff failed"),
+            }
+            return;
         }
         match attach(&shard, conn, &head, &target, mode, leftover).await {
             Some((c, rest)) => (conn, initial) = (c, rest),
@@ -204,49 +213,34 @@ async fn serve_requests_from(shard: Rc<Shard>, conn: Conn, guard: ConnGuard, ini
     }
 }
 
-/// Sends a connection to the shard that owns its channel.
-#[allow(clippy::too_many_arguments)]
-fn hand_off(
-    shard: &Shard,
-    owner: usize,
-    conn: Conn,
+/// A connection accepted on one shard whose channel lives on another: everything the owner
+/// needs to serve it (the socket, detached from the accepting shard's ring).
+pub struct Handoff {
+    conn: std::net::TcpStream,
     head: RequestHead,
     target: ChannelTarget,
     mode: Mode,
+    /// Bytes read past the head.
     leftover: Vec<u8>,
     guard: ConnGuard,
-) {
-    match conn.into_std() {
-        Ok(std) => {
-            METRICS.handoffs.fetch_add(1, Relaxed);
-            let msg = ShardMsg::Handoff {
-                conn: std,
-                head: Box::new(head),
-                target,
-                mode,
-                leftover,
-                guard,
-            };
-            if shard.shared.peers[owner].send(msg).is_err() {
-                tracing::error!(owner, "owner shard is gone; connection dropped");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "handoff failed"),
+}
+
+/// Sends a connection to the shard that owns its channel.
+fn hand_off(shard: &Shard, owner: usize, h: Handoff) {
+    METRICS.handoffs.fetch_add(1, Relaxed);
+    if shard.shared.peers[owner]
+        .send(ShardMsg::Handoff(Box::new(h)))
+        .is_err()
+    {
+        tracing::error!(owner, "owner shard is gone; connection dropped");
     }
 }
 
 /// On the owner shard, for a handed-over connection: serve it, then any further requests.
-pub async fn serve_handoff(
-    shard: Rc<Shard>,
-    conn: Conn,
-    head: RequestHead,
-    target: ChannelTarget,
-    mode: Mode,
-    leftover: Vec<u8>,
-    guard: ConnGuard,
-) {
-    if let Some((conn, rest)) = attach(&shard, conn, &head, &target, mode, leftover).await {
-        serve_requests_from(shard, conn, guard, rest).await;
+pub async fn serve_handoff(shard: Rc<Shard>, h: Handoff) {
+    let conn = Conn::from_std(h.conn);
+    if let Some((conn, rest)) = attach(&shard, conn, &h.head, &h.target, h.mode, h.leftover).await {
+        serve_requests_from(shard, conn, h.guard, rest).await;
     }
 }
 

@@ -347,16 +347,11 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
     };
     // From here on the relay ends the reader's connection: its EOF is not "reader gone".
     let close_written = std::mem::replace(&mut ch.state.borrow_mut().reader_close_sent, true);
-    if close_written {
-        // Our Close went out with the last data: let the reader answer, then end the TCP.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;
-        conn.shutdown();
-        let _ = listener.await;
-        return;
-    }
     let at_boundary = ch.state.borrow().reader_at_boundary;
-    // A Close may only follow a complete frame; a stream cut mid-frame just ends the TCP.
-    if end == StreamEnd::ReaderGone {
+    // Whether our Close (with the FIN) is out and the reader's answer is awaited.
+    let answer_due = if close_written {
+        true // it went out with the last data
+    } else if end == StreamEnd::ReaderGone {
         // The reader closed first (or vanished): echo its Close. A reader that stopped
         // reading with our data still in flight cannot take it: reset the connection if
         // the echo does not go out promptly.
@@ -368,16 +363,21 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
             }
         });
         let _ = conn.write_all(close_frame(1000, "")).await;
+        false
     } else if at_boundary {
+        // A Close may only follow a complete frame; a stream cut mid-frame just ends the
+        // TCP. Nothing follows our Close: the FIN goes with it (corked).
         let (code, reason) = end.reader_close();
-        // Nothing follows our Close: the FIN goes with it (corked).
         conn.cork();
         let sent = conn.write_all(close_frame(code, reason)).await.is_ok();
         conn.shutdown_write();
-        if sent {
-            // Let the reader answer before the socket goes, so nothing in flight is reset.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;
-        }
+        sent
+    } else {
+        false
+    };
+    if answer_due {
+        // Let the reader answer before the socket goes, so nothing in flight is reset.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;
     }
     conn.shutdown();
     let _ = listener.await;

@@ -14,9 +14,7 @@ use super::channel::Channel;
 use crate::config::Config;
 use crate::control::metrics::METRICS;
 use crate::error::StreamEnd;
-use crate::ring::{self, BufPool, Conn, Listener};
-use crate::wire::head::RequestHead;
-use crate::wire::route::ChannelTarget;
+use crate::ring::{self, BufPool, Listener};
 
 /// State shared by every thread of the process.
 pub struct Shared {
@@ -84,16 +82,9 @@ pub struct ChannelInfo {
 
 /// Messages to a shard from other threads.
 pub enum ShardMsg {
-    /// A connection accepted elsewhere whose channel lives here.
-    Handoff {
-        conn: std::net::TcpStream,
-        /// Boxed: a parsed head is large, the other messages are small.
-        head: Box<RequestHead>,
-        target: ChannelTarget,
-        mode: super::accept::Mode,
-        leftover: Vec<u8>,
-        guard: ConnGuard,
-    },
+    /// A connection accepted elsewhere whose channel lives here (boxed: it carries a
+    /// parsed head; the other messages are small).
+    Handoff(Box<super::accept::Handoff>),
     /// A channel the control API placed here from another shard.
     Create {
         id: String,
@@ -371,24 +362,8 @@ pub async fn run_shard(
 impl Shard {
     fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Handoff {
-                conn,
-                head,
-                target,
-                mode,
-                leftover,
-                guard,
-            } => {
-                let conn = Conn::from_std(conn);
-                ring::spawn(super::accept::serve_handoff(
-                    self.clone(),
-                    conn,
-                    *head,
-                    target,
-                    mode,
-                    leftover,
-                    guard,
-                ));
+            ShardMsg::Handoff(h) => {
+                ring::spawn(super::accept::serve_handoff(self.clone(), *h));
             }
             ShardMsg::Create {
                 id,

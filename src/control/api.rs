@@ -147,37 +147,49 @@ fn int_field(
     }
 }
 
+/// The options of `POST /v1/channels`, `(buffer_bytes, ttl_s)`: a blank body takes the
+/// defaults; otherwise a JSON object whose optional `buffer_bytes` and `ttl_s` are integers
+/// within their limits. No I/O, so the fuzzer drives it directly.
+pub fn parse_create_body(
+    body: &[u8],
+    default_buffer_bytes: u64,
+    default_ttl_s: u64,
+) -> Result<(u64, u64), Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((default_buffer_bytes, default_ttl_s));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Response::error(400, "invalid_json", format!("invalid JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(Response::error(
+            400,
+            "invalid_json",
+            "body must be a JSON object",
+        ));
+    };
+    let buffer_bytes = int_field(
+        obj,
+        "buffer_bytes",
+        MIN_BUFFER_BYTES as u64,
+        MAX_BUFFER_BYTES as u64,
+    )?;
+    let ttl_s = int_field(obj, "ttl_s", 1, MAX_TTL_S)?;
+    Ok((
+        buffer_bytes.unwrap_or(default_buffer_bytes),
+        ttl_s.unwrap_or(default_ttl_s),
+    ))
+}
+
 async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
     let shared = &shard.shared;
     if shared.draining.load(Relaxed) {
         return Response::error(503, "draining", "the relay is draining: no new channels");
     }
     let cfg = &shared.config;
-    let (mut buffer_bytes, mut ttl_s) = (cfg.buffer_bytes as u64, cfg.ttl_s);
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let v: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return Response::error(400, "invalid_json", format!("invalid JSON: {e}")),
-        };
-        let Some(obj) = v.as_object() else {
-            return Response::error(400, "invalid_json", "body must be a JSON object");
-        };
-        match int_field(
-            obj,
-            "buffer_bytes",
-            MIN_BUFFER_BYTES as u64,
-            MAX_BUFFER_BYTES as u64,
-        ) {
-            Ok(Some(n)) => buffer_bytes = n,
-            Ok(None) => {}
-            Err(r) => return r,
-        }
-        match int_field(obj, "ttl_s", 1, MAX_TTL_S) {
-            Ok(Some(n)) => ttl_s = n,
-            Ok(None) => {}
-            Err(r) => return r,
-        }
-    }
+    let (buffer_bytes, ttl_s) = match parse_create_body(body, cfg.buffer_bytes as u64, cfg.ttl_s) {
+        Ok(options) => options,
+        Err(r) => return r,
+    };
     let target = placement(shard);
     // An id the target shard owns (a random id lands on a given shard with probability
     // 1/shards).

@@ -352,16 +352,26 @@ fn read_head(s: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let (_, status, headers) = try_parse_response_head(head).unwrap_or_else(|e| panic!("{e}"));
+    (status, headers)
+}
+
+/// Header (name, value) pairs in the order they came.
+pub type Headers = Vec<(String, String)>;
+
+/// A complete HTTP response head: (minor version, status, headers).
+pub fn try_parse_response_head(head: &[u8]) -> Result<(u8, u16, Headers), String> {
     let mut hs = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut hs);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        other => panic!(
-            "bad HTTP response head {other:?}: {:?}",
-            String::from_utf8_lossy(head)
-        ),
+        other => {
+            return Err(format!(
+                "bad HTTP response head {other:?}: {:?}",
+                String::from_utf8_lossy(head)
+            ))
+        }
     }
-    let status = resp.code.unwrap();
     let headers = resp
         .headers
         .iter()
@@ -372,7 +382,7 @@ fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
             )
         })
         .collect();
-    (status, headers)
+    Ok((resp.version.unwrap(), resp.code.unwrap(), headers))
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -408,6 +418,20 @@ pub fn request_on(s: &mut TcpStream, method: &str, path: &str, body: &[u8]) -> H
         headers,
         body: rest,
     }
+}
+
+/// Writer side of a clean end: after our Close the relay replies Close 1000 and closes the
+/// TCP connection.
+pub fn writer_finish(w: &mut Ws, what: &str) {
+    w.send_close(1000, "");
+    expect_close_reply(w, what);
+}
+
+/// The relay's answer to a Close we sent: Close 1000, then the end of the TCP connection.
+pub fn expect_close_reply(w: &mut Ws, what: &str) {
+    let (code, _) = w.expect_close(what);
+    assert_eq!(code, 1000, "{what}: close reply code");
+    w.expect_eof(what);
 }
 
 /// TCP segments carrying data that `s` has received so far (Linux `tcp_info.tcpi_data_segs_in`).

@@ -27,14 +27,6 @@ pub fn set_headers(h: serde_json::Value) -> String {
     serde_json::json!({"type": "set_headers", "headers": h}).to_string()
 }
 
-/// Clean end from the writer: Close 1000, the relay's Close reply, then EOF.
-pub fn writer_finish(w: &mut Ws, what: &str) {
-    w.send_close(1000, "");
-    let (code, _) = w.expect_close(what);
-    assert_eq!(code, 1000, "{what}: close reply code");
-    w.expect_eof(what);
-}
-
 /// Polls the control API until the channel's reader end is connected.
 pub fn wait_reader_connected(relay: &Relay, id: &str) {
     assert!(
@@ -95,6 +87,13 @@ impl HttpConn {
         }
     }
 
+    /// A reader of `ch` as an HTTP response: connected, its plain `GET …&dir=read` sent.
+    pub fn read_channel(relay: &Relay, ch: &ChannelInfo) -> HttpConn {
+        let mut c = HttpConn::connect(relay.data);
+        c.get(&chan_path(ch, "read"), false, &[]);
+        c
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write HTTP request");
     }
@@ -147,30 +146,11 @@ impl HttpConn {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 let raw = self.buf[..i + 4].to_vec();
                 self.buf.drain(..i + 4);
-                let mut hs = [httparse::EMPTY_HEADER; 64];
-                let mut resp = httparse::Response::new(&mut hs);
-                match resp.parse(&raw) {
-                    Ok(httparse::Status::Complete(_)) => {}
-                    other => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("bad head {other:?}: {:?}", String::from_utf8_lossy(&raw)),
-                        ))
-                    }
-                }
-                let headers = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let (version, status, headers) = try_parse_response_head(&raw)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 return Ok(Head {
-                    version: resp.version.unwrap(),
-                    status: resp.code.unwrap(),
+                    version,
+                    status,
                     headers,
                     raw: String::from_utf8_lossy(&raw).into_owned(),
                 });
