@@ -19,6 +19,10 @@ pub enum Refusal {
     Unavailable(&'static str),
     HeadTooLarge,
     Timeout,
+    /// A body without `Content-Length` where only that is taken (the control API).
+    LengthRequired,
+    /// A body over the route's limit.
+    BodyTooLarge,
 }
 
 impl Refusal {
@@ -37,6 +41,10 @@ impl Refusal {
             Refusal::Unavailable(m) => (503, "unavailable", m),
             Refusal::HeadTooLarge => (431, "head_too_large", "request head too large"),
             Refusal::Timeout => (408, "timeout", "request head not received in time"),
+            Refusal::LengthRequired => {
+                (411, "length_required", "send the body with content-length")
+            }
+            Refusal::BodyTooLarge => (413, "body_too_large", "request body too large"),
         }
     }
 

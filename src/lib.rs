@@ -1,9 +1,19 @@
 //! chanrelay: the data plane for streaming channels.
 //!
-//! Writers and readers connect over WebSocket (iii-compatible) and the relay forwards their
-//! frames in order, with backpressure, on a thread-per-core io_uring runtime.
-//! Module map: `wire` (pure protocol), `ring` (io_uring), `channel` (table, pump),
-//! `control` (control API, metrics), `config` (every limit), `error` (what peers see).
+//! Writers and readers connect over WebSocket (iii-compatible) or plain HTTP and the relay
+//! forwards their frames in order, with backpressure, on a thread-per-core io_uring
+//! runtime.
+//!
+//! Layers, each importing only those below it (checked by `tests/layering.rs`):
+//! - leaves: `wire` (pure protocol: frames, heads, routes), `ring` (io_uring, the only
+//!   `unsafe`), `config` (every limit), `error` (what peers see), `metrics`, `keys`
+//!   (access keys, signed refs, ref JSON), `subscribers` (engines on the event stream);
+//! - `channel`: a shard's channel table, a channel, the pump;
+//! - `http` (HTTP reader and writer ends, routes for functions) and `control` (the control
+//!   API's routes and event stream), each on `channel` and the leaves;
+//! - `serve`: the dispatch layer that owns connections from accept to their mode, and the
+//!   process (shard threads, drain); `cli` on top.
+#![deny(unsafe_code)]
 
 pub mod channel;
 pub mod cli;
@@ -11,8 +21,12 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod http;
+pub mod keys;
+pub mod metrics;
+#[allow(unsafe_code)]
 pub mod ring;
-pub mod server;
+pub mod serve;
+pub mod subscribers;
 pub mod wire;
 
-pub use control::signing::{mint_ref, MintedRefs};
+pub use keys::{mint_ref, MintedRefs};

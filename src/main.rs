@@ -15,7 +15,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(args) => args.to_config().and_then(chanrelay::server::serve),
+        Command::Serve(args) => args.to_config().and_then(chanrelay::serve::serve),
         Command::MintRef(args) => args.run().map(|json| println!("{json}")),
     };
     if let Err(e) = result {

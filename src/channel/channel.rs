@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::control::metrics::METRICS;
 use crate::error::StreamEnd;
-use crate::ring::Conn;
+use crate::metrics::METRICS;
+use crate::ring::{Conn, Cut, Watchdog};
 use crate::wire::route::Direction;
 
 /// Pongs owed to a reader that pings faster than it can be answered; past this, more
@@ -156,6 +156,26 @@ impl Channel {
         }
     }
 
+    /// Claims the `dir` end for `conn`: from here on a second connection for it gets 409.
+    /// Call before the first await after checking the slot is `Waiting`.
+    pub fn claim(self: &Rc<Self>, dir: Direction, conn: &Rc<Conn>) -> ClaimedEnd {
+        let mut st = self.state.borrow_mut();
+        match dir {
+            Direction::Write => {
+                st.writer = Slot::Connected;
+                st.writer_conn = Some(conn.clone());
+            }
+            Direction::Read => {
+                st.reader = Slot::Connected;
+                st.reader_conn = Some(conn.clone());
+            }
+        }
+        ClaimedEnd {
+            ch: self.clone(),
+            dir,
+        }
+    }
+
     pub fn end(&self) -> Option<StreamEnd> {
         self.state.borrow().end
     }
@@ -256,6 +276,34 @@ impl Channel {
     }
 }
 
+/// An end of a channel held by a connection; `release` gives it back when the connection is
+/// done with it.
+#[must_use = "a claimed end must be released"]
+pub struct ClaimedEnd {
+    ch: Rc<Channel>,
+    dir: Direction,
+}
+
+impl ClaimedEnd {
+    /// Detaches the connection from the end and marks the end finished — unless it was
+    /// handed back (`Slot::Waiting`: an HTTP reader that left before anything was sent to
+    /// it leaves the end open for the next one). The channel goes once both ends are done.
+    pub fn release(self, shard: &super::Shard) {
+        let ch = &self.ch;
+        {
+            let mut st = ch.state.borrow_mut();
+            match self.dir {
+                Direction::Write => st.writer_conn = None,
+                Direction::Read => st.reader_conn = None,
+            }
+        }
+        if ch.slot(self.dir) == Slot::Connected {
+            ch.set_slot(self.dir, Slot::Finished);
+        }
+        shard.end_finished(ch);
+    }
+}
+
 impl Chunk {
     /// Cuts the chunk after the first frame that ends in it; false if none does.
     pub fn truncate_after_frame_end(&mut self) -> bool {
@@ -305,11 +353,5 @@ pub async fn send_close(conn: Rc<Conn>, code: u16, reason: &'static str) {
 
 /// Shuts `conn` down after `CLOSE_TIMEOUT` unless it is gone by then.
 pub fn arm_close_timeout(conn: &Rc<Conn>) {
-    let weak = Rc::downgrade(conn);
-    crate::ring::spawn(async move {
-        tokio::time::sleep(crate::config::CLOSE_TIMEOUT).await;
-        if let Some(c) = weak.upgrade() {
-            c.shutdown();
-        }
-    });
+    Watchdog::cut_after(conn, Cut::Both, crate::config::CLOSE_TIMEOUT);
 }

@@ -1,12 +1,13 @@
-//! Channels: the per-shard table, each channel's state, claiming an end, and the pump that
-//! forwards frames from writer to reader.
+//! Channels: a shard's channel table, each channel's state, the pump that forwards frames
+//! from writer to reader, and the reader of peers that only send pings and a Close. This
+//! layer knows nothing of how a connection arrived (that is `serve`) or of the HTTP and
+//! control APIs built on it.
 
-pub mod accept;
 #[allow(clippy::module_inception)]
 pub mod channel;
-pub mod control_reader;
+pub mod ping_reader;
 pub mod pump;
 pub mod shard;
 
-pub use channel::Channel;
-pub use shard::{owner_of, ChannelInfo, Shard, ShardMsg, Shared};
+pub use channel::{Channel, ClaimedEnd, Slot};
+pub use shard::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};

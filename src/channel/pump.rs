@@ -8,11 +8,11 @@
 use std::rc::Rc;
 
 use super::channel::{arm_close_timeout, send_close, Channel, Chunk, MAX_PENDING_PONGS};
-use super::control_reader::ControlReader;
+use super::ping_reader::PingReader;
 use super::shard::Shard;
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
-use crate::ring::{self, Conn};
+use crate::ring::{self, Conn, Cut, Watchdog};
 use crate::wire::forward::{compact, Batch, FrameForwarder};
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 
@@ -248,7 +248,7 @@ async fn deliver(shard: &Shard, ch: &Channel, conn: &Conn, chunk: Chunk) {
 /// Reads and discards what a peer still sends until its Close (or EOF, or the close
 /// timeout shuts the socket).
 async fn drain_until_close(conn: &Conn, fwd: FrameForwarder) {
-    let mut peer = ControlReader::with_forwarder(fwd, Vec::new());
+    let mut peer = PingReader::with_forwarder(fwd, Vec::new());
     while let Ok(Some(batch)) = peer.next(conn).await {
         if batch.close.is_some() {
             return;
@@ -355,13 +355,7 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
         // The reader closed first (or vanished): echo its Close. A reader that stopped
         // reading with our data still in flight cannot take it: reset the connection if
         // the echo does not go out promptly.
-        let weak = Rc::downgrade(conn);
-        ring::spawn(async move {
-            tokio::time::sleep(READER_GONE_ECHO_TIMEOUT).await;
-            if let Some(c) = weak.upgrade() {
-                c.abort();
-            }
-        });
+        Watchdog::cut_after(conn, Cut::Reset, READER_GONE_ECHO_TIMEOUT);
         let _ = conn.write_all(close_frame(1000, "")).await;
         false
     } else if at_boundary {
@@ -409,7 +403,7 @@ fn append_final_close(ch: &Channel, chunk: &mut Chunk) -> bool {
 /// Reads what the reader sends: pings (answered), its Close, or its disappearance.
 /// Data frames from a reader are read and discarded.
 async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, leftover: Vec<u8>) {
-    let mut peer = ControlReader::new(shard.config().max_frame_bytes, leftover);
+    let mut peer = PingReader::new(shard.config().max_frame_bytes, leftover);
     loop {
         let batch = match peer.next(&conn).await {
             Ok(Some(batch)) => batch,

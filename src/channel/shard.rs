@@ -1,5 +1,7 @@
-//! A shard: one core's listener, channel table and buffer pool, and the queue through
-//! which other threads reach it (connections handed over, control commands).
+//! A shard's channel table: its channels, its buffer pool, and the commands other shard
+//! threads send it (create, inspect, delete, count, close all). Which shard owns a channel
+//! is a pure function of its id (`owner_of`). The thread that runs a shard, its listeners
+//! and its inbox live in the dispatch layer (`serve`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,11 +12,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::channel::Channel;
+use subtle::ConstantTimeEq;
+
+use super::channel::{Channel, Slot};
 use crate::config::Config;
-use crate::control::metrics::METRICS;
-use crate::error::StreamEnd;
-use crate::ring::{self, BufPool, Listener};
+use crate::error::{Refusal, StreamEnd};
+use crate::metrics::METRICS;
+use crate::ring::{self, BufPool};
+use crate::subscribers::Subscribers;
+use crate::wire::route::Direction;
 
 /// State shared by every thread of the process.
 pub struct Shared {
@@ -25,44 +31,12 @@ pub struct Shared {
     pub shard_connections: Vec<AtomicUsize>,
     /// Channels in each shard's table: where the control API places new channels.
     pub shard_channels: Vec<AtomicUsize>,
-    pub peers: Vec<mpsc::UnboundedSender<ShardMsg>>,
+    /// Each shard's command queue, by shard index.
+    pub commands: Vec<mpsc::UnboundedSender<Command>>,
     /// HTTP routes registered by the control engine (read once per unmatched request).
     pub routes: std::sync::RwLock<Vec<crate::wire::ingress::IngressRoute>>,
     /// Engines subscribed to the event stream.
-    pub subscribers: crate::http::ingress::Subscribers,
-}
-
-/// Counts a data-plane connection for as long as it lives (travels with a handoff).
-pub struct ConnGuard {
-    shared: Arc<Shared>,
-    /// The shard that accepted it (its count, wherever the connection is handed).
-    shard: usize,
-}
-
-impl ConnGuard {
-    /// Admits a connection, or `None` when the relay is at its connection limit.
-    /// Admits a connection accepted by `shard`, or `None` when the relay or that shard is
-    /// at its connection limit.
-    pub fn admit(shared: &Arc<Shared>, shard: usize) -> Option<ConnGuard> {
-        let total = shared.connections.fetch_add(1, Relaxed);
-        let on_shard = shared.shard_connections[shard].fetch_add(1, Relaxed);
-        METRICS.connections_active.fetch_add(1, Relaxed);
-        METRICS.connections_total.fetch_add(1, Relaxed);
-        let g = ConnGuard {
-            shared: shared.clone(),
-            shard,
-        };
-        let cfg = &shared.config;
-        (total < cfg.max_connections && on_shard < cfg.max_connections_per_shard).then_some(g)
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Relaxed);
-        self.shared.shard_connections[self.shard].fetch_sub(1, Relaxed);
-        METRICS.connections_active.fetch_sub(1, Relaxed);
-    }
+    pub subscribers: Subscribers,
 }
 
 /// What a channel looks like from the control API.
@@ -80,11 +54,8 @@ pub struct ChannelInfo {
     pub ended: Option<&'static str>,
 }
 
-/// Messages to a shard from other threads.
-pub enum ShardMsg {
-    /// A connection accepted elsewhere whose channel lives here (boxed: it carries a
-    /// parsed head; the other messages are small).
-    Handoff(Box<super::accept::Handoff>),
+/// Commands to a shard's table from other threads (through `Shared::commands`).
+pub enum Command {
     /// A channel the control API placed here from another shard.
     Create {
         id: String,
@@ -117,6 +88,20 @@ pub fn owner_of(channel_id: &str, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
+/// A new random channel id that shard `target` of `shards` owns (a random id lands on a
+/// given shard with probability 1/shards).
+pub fn new_owned_id(target: usize, shards: usize) -> String {
+    loop {
+        let id = uuid::Uuid::new_v4().to_string();
+        if owner_of(&id, shards) == target {
+            return id;
+        }
+    }
+}
+
+/// Signed-ref ids remembered as used before expired ones are swept out.
+pub const USED_SIGNED_SWEEP_AT: usize = 4096;
+
 pub struct Shard {
     pub index: usize,
     pub shared: Arc<Shared>,
@@ -132,8 +117,21 @@ impl Shard {
         &self.shared.config
     }
 
+    pub fn new(index: usize, shared: Arc<Shared>) -> Shard {
+        Shard {
+            index,
+            pool: BufPool::new(
+                shared.config.read_buffer_bytes,
+                shared.config.stream_budget_bytes,
+            ),
+            shared,
+            channels: RefCell::new(HashMap::new()),
+            used_signed: RefCell::new(HashMap::new()),
+        }
+    }
+
     pub fn shard_count(&self) -> usize {
-        self.shared.peers.len()
+        self.shared.commands.len()
     }
 
     pub fn lookup(&self, id: &str) -> Option<Rc<Channel>> {
@@ -161,20 +159,40 @@ impl Shard {
     /// Creates a channel owned by this shard (its id hashes here), for requests served
     /// where they were accepted.
     pub fn create_local(self: &Rc<Self>, buffer_bytes: usize, ttl: Duration) -> Rc<Channel> {
-        let id = loop {
-            let id = uuid::Uuid::new_v4().to_string();
-            if owner_of(&id, self.shard_count()) == self.index {
-                break id;
-            }
-        };
-        let key = crate::control::api::new_access_key();
+        let id = new_owned_id(self.index, self.shard_count());
+        let key = crate::keys::new_access_key();
         self.create(id.clone(), key, buffer_bytes, ttl);
         self.lookup(&id).expect("just created")
     }
 
+    /// The channel whose `dir` end a connection with `key` may claim: known here (or a
+    /// signed ref seen for the first time), the key right (compared in constant time), the
+    /// end not taken. While draining, ends of channels already in use may still connect
+    /// (refusing them would lose their data); a channel nobody has used yet is not started.
+    pub fn open_end(
+        self: &Rc<Self>,
+        id: &str,
+        key: &str,
+        dir: Direction,
+    ) -> Result<Rc<Channel>, Refusal> {
+        let ch = self
+            .lookup(id)
+            .or_else(|| self.open_signed(id, key))
+            .ok_or(Refusal::NotFound)?;
+        if !bool::from(ch.key.as_bytes().ct_eq(key.as_bytes())) {
+            return Err(Refusal::NotFound);
+        }
+        if ch.slot(dir) != Slot::Waiting {
+            return Err(Refusal::Conflict);
+        }
+        if self.shared.draining.load(Relaxed) && !ch.is_busy() {
+            return Err(Refusal::Unavailable("relay is draining"));
+        }
+        Ok(ch)
+    }
+
     /// TTL reached: an end that never arrived ends the channel for the other.
     fn expire(&self, ch: &Rc<Channel>) {
-        use super::channel::Slot::Waiting;
         if ch.removed.get() {
             return;
         }
@@ -182,7 +200,7 @@ impl Shard {
             let st = ch.state.borrow();
             (st.writer, st.reader)
         };
-        if w == Waiting || r == Waiting {
+        if w == Slot::Waiting || r == Slot::Waiting {
             ch.finish(StreamEnd::PeerNeverConnected);
             self.remove(ch);
         }
@@ -192,7 +210,7 @@ impl Shard {
     /// the key verifies against the signing secret and the ref was not used before.
     pub fn open_signed(self: &Rc<Self>, id: &str, key: &str) -> Option<Rc<Channel>> {
         let secret = self.config().signing_secret.as_ref()?;
-        let expiry = crate::control::signing::verify_key(secret.as_bytes(), id, key)?;
+        let expiry = crate::keys::verify_key(secret.as_bytes(), id, key)?;
         if self.used_signed.borrow().contains_key(id) {
             return None;
         }
@@ -212,12 +230,11 @@ impl Shard {
     /// (`PeerNeverConnected`); once paired, nothing moving for `idle_timeout_s` ends it
     /// (`IdleTimeout`, 1001 to both ends).
     async fn watch(&self, ch: &Rc<Channel>, ttl: Duration) {
-        use super::channel::Slot::Waiting;
         let idle = Duration::from_secs(self.config().idle_timeout_s);
         loop {
             let unpaired = {
                 let st = ch.state.borrow();
-                st.writer == Waiting || st.reader == Waiting
+                st.writer == Slot::Waiting || st.reader == Slot::Waiting
             };
             let now = Instant::now();
             let deadline = if unpaired {
@@ -263,7 +280,7 @@ impl Shard {
         ch.retired.notify_one();
         if let Some(expiry) = ch.signed_expiry.get() {
             let mut used = self.used_signed.borrow_mut();
-            if used.len() >= 4096 {
+            if used.len() >= USED_SIGNED_SWEEP_AT {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
@@ -287,15 +304,15 @@ impl Shard {
     pub fn inspect(&self, id: &str) -> Option<ChannelInfo> {
         let ch = self.lookup(id)?;
         let st = ch.state.borrow();
-        let name = |s: super::channel::Slot| match s {
-            super::channel::Slot::Waiting => "waiting",
-            super::channel::Slot::Connected => "connected",
-            super::channel::Slot::Finished => "finished",
+        let name = |s: Slot| match s {
+            Slot::Waiting => "waiting",
+            Slot::Connected => "connected",
+            Slot::Finished => "finished",
         };
         Some(ChannelInfo {
             channel_id: ch.id.clone(),
-            writer_connected: st.writer == super::channel::Slot::Connected,
-            reader_connected: st.reader == super::channel::Slot::Connected,
+            writer_connected: st.writer == Slot::Connected,
+            reader_connected: st.reader == Slot::Connected,
             writer_state: name(st.writer),
             reader_state: name(st.reader),
             bytes_forwarded: st.bytes,
@@ -318,54 +335,11 @@ impl Shard {
     }
 }
 
-/// Runs shard `index`: accepts on `listener` and serves its queue until the process ends.
-pub async fn run_shard(
-    index: usize,
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-    control: std::net::TcpListener,
-    mut inbox: mpsc::UnboundedReceiver<ShardMsg>,
-) {
-    let shard = Rc::new(Shard {
-        index,
-        pool: BufPool::new(
-            shared.config.read_buffer_bytes,
-            shared.config.stream_budget_bytes,
-        ),
-        shared,
-        channels: RefCell::new(HashMap::new()),
-        used_signed: RefCell::new(HashMap::new()),
-    });
-    let listener = Listener::from_std(listener);
-    ring::spawn(crate::control::server::serve(shard.clone(), control));
-    let s = shard.clone();
-    ring::spawn(async move {
-        while let Some(msg) = inbox.recv().await {
-            s.handle_msg(msg);
-        }
-    });
-    loop {
-        match listener.accept().await {
-            Ok((conn, _peer)) => {
-                let shard = shard.clone();
-                ring::spawn(super::accept::serve_connection(shard, conn));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(shard = index, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
 impl Shard {
-    fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Handoff(h) => {
-                ring::spawn(super::accept::serve_handoff(self.clone(), *h));
-            }
-            ShardMsg::Create {
+    /// Carries out a command from another thread.
+    pub fn execute(self: &Rc<Self>, cmd: Command) {
+        match cmd {
+            Command::Create {
                 id,
                 key,
                 buffer_bytes,
@@ -375,13 +349,13 @@ impl Shard {
                 self.create(id, key, buffer_bytes, ttl);
                 let _ = reply.send(());
             }
-            ShardMsg::Inspect { id, reply } => {
+            Command::Inspect { id, reply } => {
                 let _ = reply.send(self.inspect(&id));
             }
-            ShardMsg::Delete { id, reply } => {
+            Command::Delete { id, reply } => {
                 let _ = reply.send(self.delete(&id));
             }
-            ShardMsg::CountBusy { reply } => {
+            Command::CountBusy { reply } => {
                 let n = self
                     .channels
                     .borrow()
@@ -390,7 +364,7 @@ impl Shard {
                     .count();
                 let _ = reply.send(n);
             }
-            ShardMsg::CloseAll { reply } => {
+            Command::CloseAll { reply } => {
                 let all: Vec<_> = self.channels.borrow().values().cloned().collect();
                 for ch in &all {
                     ch.finish(StreamEnd::ShuttingDown);

@@ -1,5 +1,6 @@
 //! The control API's routes: create, inspect and delete channels; health, readiness,
-//! metrics. Request in, response out — the HTTP plumbing lives in `server.rs`.
+//! metrics. Request in, response out — reading requests off the connection is the
+//! dispatch layer's (`serve::control`).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,10 +11,12 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use super::metrics::METRICS;
-use crate::channel::{owner_of, ChannelInfo, Shard, ShardMsg, Shared};
+use crate::channel::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
 use crate::config::{MAX_BUFFER_BYTES, MAX_TTL_S, MIN_BUFFER_BYTES};
+use crate::keys::{channel_ref, new_access_key};
+use crate::metrics::METRICS;
 use crate::wire::head::Method;
+use crate::wire::route::Direction;
 
 pub struct Response {
     pub status: u16,
@@ -50,13 +53,6 @@ impl Response {
             body: String::new(),
         }
     }
-}
-
-/// A new access key: 256 random bits, hex-encoded (URL-safe as is).
-pub fn new_access_key() -> String {
-    let mut b = [0u8; 32];
-    getrandom::getrandom(&mut b).expect("OS randomness");
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether the request carries the configured bearer token (always, when none is set).
@@ -191,21 +187,14 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
         Err(r) => return r,
     };
     let target = placement(shard);
-    // An id the target shard owns (a random id lands on a given shard with probability
-    // 1/shards).
-    let id = loop {
-        let id = uuid::Uuid::new_v4().to_string();
-        if owner_of(&id, shard.shard_count()) == target {
-            break id;
-        }
-    };
+    let id = new_owned_id(target, shard.shard_count());
     let key = new_access_key();
     let (buffer_bytes, ttl) = (buffer_bytes as usize, Duration::from_secs(ttl_s));
     if target == shard.index {
         shard.create(id.clone(), key.clone(), buffer_bytes, ttl);
     } else {
         let (tx, rx) = oneshot::channel();
-        let msg = ShardMsg::Create {
+        let msg = Command::Create {
             id: id.clone(),
             key: key.clone(),
             buffer_bytes,
@@ -213,18 +202,17 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
             reply: tx,
         };
         // Answer only once the channel exists, so its ref never comes back 404.
-        if shared.peers[target].send(msg).is_err() || rx.await.is_err() {
+        if shared.commands[target].send(msg).is_err() || rx.await.is_err() {
             return Response::error(503, "unavailable", "shard unavailable");
         }
     }
-    let r = |dir: &str| json!({"channel_id": id, "access_key": key, "direction": dir});
     Response::json(
         201,
         json!({
             "channel_id": id,
             "access_key": key,
-            "writer": r("write"),
-            "reader": r("read"),
+            "writer": channel_ref(&id, &key, Direction::Write),
+            "reader": channel_ref(&id, &key, Direction::Read),
             "buffer_bytes": buffer_bytes,
             "ttl_s": ttl_s,
         }),
@@ -284,11 +272,11 @@ async fn inspect(shard: &Rc<Shard>, id: &str) -> Response {
         return inspect_reply(Ok::<_, ()>(shard.inspect(id)));
     }
     let (tx, rx) = oneshot::channel();
-    let msg = ShardMsg::Inspect {
+    let msg = Command::Inspect {
         id: id.to_string(),
         reply: tx,
     };
-    if shard.shared.peers[owner].send(msg).is_err() {
+    if shard.shared.commands[owner].send(msg).is_err() {
         return Response::error(503, "unavailable", "shard unavailable");
     }
     inspect_reply(rx.await)
@@ -308,11 +296,11 @@ async fn delete(shard: &Rc<Shard>, id: &str) -> Response {
         return delete_reply(Ok::<_, ()>(shard.delete(id)));
     }
     let (tx, rx) = oneshot::channel();
-    let msg = ShardMsg::Delete {
+    let msg = Command::Delete {
         id: id.to_string(),
         reply: tx,
     };
-    if shard.shared.peers[owner].send(msg).is_err() {
+    if shard.shared.commands[owner].send(msg).is_err() {
         return Response::error(503, "unavailable", "shard unavailable");
     }
     delete_reply(rx.await)

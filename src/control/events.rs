@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::channel::control_reader::ControlReader;
+use crate::channel::ping_reader::PingReader;
 use crate::channel::Shared;
-use crate::http::ingress::Outgoing;
 use crate::ring::{self, Conn};
+use crate::subscribers::Outgoing;
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 use crate::wire::head::RequestHead;
 use crate::wire::response::{error_response, switching_protocols};
@@ -62,7 +62,7 @@ pub async fn serve_events(
 
 /// Reads the subscriber's frames: answers pings, ends on Close, EOF or garbage.
 async fn read_subscriber(conn: Rc<Conn>, tx: mpsc::UnboundedSender<Outgoing>, leftover: Vec<u8>) {
-    let mut peer = ControlReader::new(MAX_SUBSCRIBER_FRAME, leftover);
+    let mut peer = PingReader::new(MAX_SUBSCRIBER_FRAME, leftover);
     while let Ok(Some(batch)) = peer.next(&conn).await {
         if !batch.pings.is_empty() {
             let frames = batch

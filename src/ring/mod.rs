@@ -5,8 +5,10 @@ mod conn;
 mod listener;
 mod pool;
 mod runtime;
+mod watchdog;
 
 pub use conn::Conn;
 pub use listener::{bind_reuseport, Listener, LISTEN_BACKLOG};
 pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES};
 pub use runtime::{spawn, spawn_pinned, RING_ENTRIES};
+pub use watchdog::{Cut, Watchdog};

@@ -49,6 +49,10 @@ pub fn piece_is_text(p: &Piece, in_text: &mut bool) -> bool {
     is_text
 }
 
+/// Bytes of the CRLF that ends a chunk's data. `render_body` writes it right after the last
+/// chunk of a buffer when the buffer has this much room there.
+pub const CHUNK_CRLF_LEN: usize = 2;
+
 /// Renders the binary-frame payloads among `pieces` of `buf` as body bytes, in place, and
 /// returns the ranges to send. Text frames and fragments of text messages are skipped.
 /// `crlf_pending` carries "a chunk's data ended; its CRLF is not sent yet" across buffers.
@@ -81,7 +85,7 @@ pub fn render_body(
                     // The client header (≥ 6 bytes) always has room for CRLF + size line.
                     let mut start = write_chunk_size(buf, p.payload.start, p.frame_len);
                     if *crlf_pending {
-                        start -= 2;
+                        start -= CHUNK_CRLF_LEN;
                         buf[start] = b'\r';
                         buf[start + 1] = b'\n';
                         *crlf_pending = false;
@@ -99,10 +103,10 @@ pub fn render_body(
     }
     // Finish the last chunk now when the buffer has room after it (what follows there is
     // spent), so a client that waits for the chunk's CRLF gets an SSE event at once.
-    if let Some(end) = last_body_end.filter(|&e| *crlf_pending && e + 2 <= buf.len()) {
+    if let Some(end) = last_body_end.filter(|&e| *crlf_pending && e + CHUNK_CRLF_LEN <= buf.len()) {
         buf[end] = b'\r';
         buf[end + 1] = b'\n';
-        push(out, end..end + 2);
+        push(out, end..end + CHUNK_CRLF_LEN);
         *crlf_pending = false;
     }
 }

@@ -1,4 +1,4 @@
-//! A channel read as an HTTP/1.1 response (DESIGN §5.1): text messages before the first
+//! The reader end over plain HTTP: a channel read as an HTTP/1.1 response. Text messages before the first
 //! binary frame set the status and headers; each binary frame becomes a chunk (or identity
 //! bytes when the writer set `content-length`), written as it arrives from the writer's
 //! own buffers. The same pump and queue as a WebSocket reader.
@@ -6,16 +6,20 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::channel::channel::{Channel, Chunk};
-use crate::channel::control_reader::CONTROL_READ_BYTES;
+use crate::channel::channel::{Channel, Chunk, Slot};
 use crate::channel::pump::{next_for_reader, send_segments, Next};
 use crate::channel::Shard;
 use crate::error::StreamEnd;
-use crate::ring::Conn;
-use crate::wire::chunked::{last_chunk, piece_is_text, render_body, BodyFraming};
+use crate::ring::{Conn, Cut, Watchdog};
+use crate::wire::chunked::{last_chunk, piece_is_text, render_body, BodyFraming, CHUNK_CRLF_LEN};
 use crate::wire::control_msg::{parse_control_message, ControlMessage};
-use crate::wire::head::RequestHead;
+use crate::wire::head::{parse_request_head, RequestHead};
 use crate::wire::response::{error_response, streamed_head, BodyDelimit};
+use crate::wire::route::Direction;
+
+/// Read size while watching the client's socket during a response: mostly to notice EOF;
+/// a pipelined next request is gathered a piece at a time.
+const CLIENT_WATCH_READ_BYTES: usize = 512;
 
 /// Longest text message read as a control message (longer ones are ignored).
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 10;
@@ -112,9 +116,9 @@ async fn watch_client(
     max: usize,
 ) -> (Vec<u8>, bool) {
     // Stop reading once a whole next request is buffered (or the bytes cannot be one).
-    let complete = |b: &[u8]| !matches!(crate::wire::head::parse_request_head(b), Ok(None));
+    let complete = |b: &[u8]| !matches!(parse_request_head(b), Ok(None));
     while bytes.len() < max && (bytes.is_empty() || !complete(&bytes)) {
-        let (res, b) = conn.read_append(bytes, CONTROL_READ_BYTES).await;
+        let (res, b) = conn.read_append(bytes, CLIENT_WATCH_READ_BYTES).await;
         bytes = b;
         match res {
             Ok(n) if n > 0 => {}
@@ -158,24 +162,15 @@ pub async fn run_http_reader(
     let reusable = stream_response(shard, ch, conn, head, &progress).await;
     progress.done.set(true);
     if progress.client_left.get() {
-        ch.set_slot(
-            crate::wire::route::Direction::Read,
-            crate::channel::channel::Slot::Waiting,
-        );
+        ch.set_slot(Direction::Read, Slot::Waiting);
     }
     let Some(watcher) = watcher else {
         return reusable.then_some(leftover);
     };
     if reusable {
         // The next request has the usual head timeout to arrive.
-        let weak = Rc::downgrade(conn);
         let timeout = shard.config().handshake_timeout();
-        crate::ring::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(c) = weak.upgrade() {
-                c.shutdown_read();
-            }
-        });
+        Watchdog::cut_after(conn, Cut::Read, timeout);
     } else {
         conn.shutdown();
     }
@@ -247,8 +242,8 @@ async fn stream_response(
                     BodyFraming::Identity
                 };
                 // Room for the last chunk's CRLF right after it, if the buffer has it.
-                if chunk.buf.capacity() >= chunk.buf.len() + 2 {
-                    chunk.buf.extend_from_slice(&[0, 0]);
+                if chunk.buf.capacity() >= chunk.buf.len() + CHUNK_CRLF_LEN {
+                    chunk.buf.extend_from_slice(&[0; CHUNK_CRLF_LEN]);
                 }
                 render_body(
                     &mut chunk.buf,

@@ -1,7 +1,8 @@
-//! Signed refs (DESIGN §4): stateless access keys an engine can mint for a channel id of
-//! its choosing, so many relay hosts can serve one engine without a shared registry.
+//! Access keys and refs: random keys for channels the relay creates, signed keys an engine
+//! can mint for a channel id of its choosing (so many relay hosts can serve one engine
+//! without a shared registry), and the one builder of a ref's JSON.
 //!
-//! Key format: `s1.<expiry_unix>.<base64url(HMAC-SHA256(secret, channel_id "." expiry))>`.
+//! Signed key format: `s1.<expiry_unix>.<base64url(HMAC-SHA256(secret, channel_id "." expiry))>`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,24 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::wire::route::Direction;
+
 type HmacSha256 = Hmac<Sha256>;
+
+/// Random bytes in a new access key (256 bits).
+pub const ACCESS_KEY_BYTES: usize = 32;
+
+/// A new access key: `ACCESS_KEY_BYTES` random bytes, hex-encoded (URL-safe as is).
+pub fn new_access_key() -> String {
+    let mut b = [0u8; ACCESS_KEY_BYTES];
+    getrandom::getrandom(&mut b).expect("OS randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A ref as the SDKs take it: `{"channel_id", "access_key", "direction"}`.
+pub fn channel_ref(channel_id: &str, access_key: &str, dir: Direction) -> serde_json::Value {
+    serde_json::json!({"channel_id": channel_id, "access_key": access_key, "direction": dir.as_str()})
+}
 
 /// Prefix that marks a signed access key.
 pub const SIGNED_KEY_PREFIX: &str = "s1.";
@@ -60,11 +78,10 @@ pub fn mint_ref(secret: &[u8], channel_id: &str, ttl: Duration) -> MintedRefs {
         .next()
         .and_then(|e| e.parse().ok())
         .unwrap_or(0);
-    let r = |dir: &str| serde_json::json!({"channel_id": channel_id, "access_key": key, "direction": dir});
     MintedRefs {
         channel_id: channel_id.to_string(),
-        writer: r("write"),
-        reader: r("read"),
+        writer: channel_ref(channel_id, &key, Direction::Write),
+        reader: channel_ref(channel_id, &key, Direction::Read),
         access_key: key,
         expires_at,
     }

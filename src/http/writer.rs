@@ -1,7 +1,7 @@
-//! An HTTP request body written into a channel (DESIGN §5.2): `PUT`/`POST …&dir=write` with
-//! `Content-Length` or a chunked body. The body is read straight into frame-sized buffers
-//! that leave room for the frame header in front, so `Content-Length` bodies are forwarded
-//! without a copy. The client gets `200 {"bytes": N}` once every byte is handed on.
+//! The writer end over plain HTTP: a request body written into a channel (`PUT`/`POST
+//! …&dir=write`, with `Content-Length` or a chunked body). The body is read straight into
+//! frame-sized buffers that leave room for the frame header in front, so `Content-Length`
+//! bodies are forwarded without a copy. The client gets `200 {"bytes": N}` once every byte is handed on.
 
 use std::rc::Rc;
 
@@ -9,7 +9,7 @@ use crate::channel::channel::{Channel, Chunk};
 use crate::channel::Shard;
 use crate::error::StreamEnd;
 use crate::ring::Conn;
-use crate::wire::chunked::ChunkedDecoder;
+use crate::wire::chunked::{ChunkedDecoder, CHUNK_CRLF_LEN};
 use crate::wire::forward::Piece;
 use crate::wire::frame::{server_header_len, write_server_header, Opcode, MAX_HEADER_LEN};
 use crate::wire::head::RequestHead;
@@ -21,7 +21,7 @@ pub const UPLOAD_FRAME_BYTES: usize = 64 << 10;
 const HEADROOM: usize = MAX_HEADER_LEN;
 
 /// Room after each frame's payload (an HTTP reader ends its chunk there).
-const TAILROOM: usize = 2;
+const TAILROOM: usize = CHUNK_CRLF_LEN;
 
 /// A buffer for one frame of up to `len` payload bytes, holding just the header's room.
 fn frame_buf(len: usize) -> Vec<u8> {

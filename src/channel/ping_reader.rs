@@ -1,4 +1,4 @@
-//! Reading a peer that sends us only control traffic (a reader's pings and Close, a writer
+//! Reading a WebSocket peer that sends us only pings and a Close (a reader, a writer
 //! answering our Close, an engine on the event stream): one small buffer, reused, with any
 //! partial frame carried to the next read. Data frames are parsed and skipped.
 
@@ -6,10 +6,11 @@ use crate::ring::Conn;
 use crate::wire::forward::{Batch, FrameForwarder};
 use crate::wire::frame::FrameError;
 
-/// Read size for control-only peers: control frames are at most 131 bytes.
-pub const CONTROL_READ_BYTES: usize = 512;
+/// Read size for peers that only send pings and a Close: a control frame is at most
+/// 131 bytes on the wire.
+pub const PING_READ_BYTES: usize = 512;
 
-pub struct ControlReader {
+pub struct PingReader {
     fwd: FrameForwarder,
     batch: Batch,
     buf: Vec<u8>,
@@ -17,15 +18,15 @@ pub struct ControlReader {
     pending: bool,
 }
 
-impl ControlReader {
+impl PingReader {
     /// `leftover`: bytes already read past the handshake.
-    pub fn new(max_frame: u64, leftover: Vec<u8>) -> ControlReader {
-        ControlReader::with_forwarder(FrameForwarder::new(max_frame), leftover)
+    pub fn new(max_frame: u64, leftover: Vec<u8>) -> PingReader {
+        PingReader::with_forwarder(FrameForwarder::new(max_frame), leftover)
     }
 
     /// Continues a stream another loop was reading (its parser state carries over).
-    pub fn with_forwarder(fwd: FrameForwarder, leftover: Vec<u8>) -> ControlReader {
-        ControlReader {
+    pub fn with_forwarder(fwd: FrameForwarder, leftover: Vec<u8>) -> PingReader {
+        PingReader {
             fwd,
             batch: Batch::default(),
             pending: !leftover.is_empty(),
@@ -38,7 +39,7 @@ impl ControlReader {
     pub async fn next(&mut self, conn: &Conn) -> Result<Option<&mut Batch>, FrameError> {
         if !std::mem::take(&mut self.pending) {
             let buf = std::mem::take(&mut self.buf);
-            let (res, buf) = conn.read_append(buf, CONTROL_READ_BYTES).await;
+            let (res, buf) = conn.read_append(buf, PING_READ_BYTES).await;
             self.buf = buf;
             match res {
                 Ok(n) if n > 0 => {}

@@ -1,5 +1,16 @@
-//! Process assembly: bind the listeners, start one shard per core (each serving the data
-//! plane and the control API).
+//! The dispatch layer: owns every connection from accept to its mode — reading the head,
+//! routing, refusing, handing over to the owning shard, attaching to a channel end (`data`),
+//! or serving the control API (`control`) — through one request loop (`request`). This file
+//! assembles the process: bind the listeners, start one shard thread per core (`thread`),
+//! and drain on SIGTERM.
+
+mod admit;
+mod control;
+mod data;
+mod request;
+mod thread;
+
+pub use request::HEAD_READ_BYTES;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,8 +19,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::channel::shard::run_shard;
-use crate::channel::{ShardMsg, Shared};
+use self::thread::{run_shard, ShardSetup};
+use crate::channel::{Command, Shared};
 use crate::config::Config;
 use crate::ring;
 
@@ -29,31 +40,37 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     // took the request, with no hop to another thread.
     let control = ring::bind_reuseport(config.control, n)?;
     let control_addr = control[0].local_addr()?;
-    let mut inboxes = Vec::with_capacity(n);
-    let mut peers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (tx, rx) = mpsc::unbounded_channel();
-        peers.push(tx);
-        inboxes.push(rx);
-    }
+    let (commands, command_inboxes): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    let (handoffs, handoff_inboxes): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    let handoffs: Arc<[_]> = handoffs.into();
     let shared = Arc::new(Shared {
         config,
         draining: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         shard_connections: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         shard_channels: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-        peers,
+        commands,
         routes: Default::default(),
         subscribers: Default::default(),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let inboxes = command_inboxes.into_iter().zip(handoff_inboxes);
     let shard_listeners = listeners.into_iter().zip(control).zip(inboxes);
-    for (i, ((listener, control), inbox)) in shard_listeners.enumerate() {
+    for (index, ((data, control), (commands, handoffs_in))) in shard_listeners.enumerate() {
+        let setup = ShardSetup {
+            index,
+            data,
+            control,
+            commands,
+            handoffs_in,
+            handoffs: handoffs.clone(),
+        };
         let shared = shared.clone();
         let ready = ready_tx.clone();
-        ring::spawn_pinned(format!("chanrelay-shard-{i}"), Some(i), ready, move || {
-            run_shard(i, shared, listener, control, inbox)
-        });
+        let name = format!("chanrelay-shard-{index}");
+        ring::spawn_pinned(name, Some(index), ready, move || run_shard(shared, setup));
     }
     // Report "listening" only once every runtime is up.
     for _ in 0..n {
@@ -109,13 +126,13 @@ fn drain(shared: &Arc<Shared>, signals: &mut signal_hook::iterator::Signals) {
             tracing::warn!("second signal: exiting now");
             std::process::exit(1);
         }
-        let busy = ask_shards(shared, |reply| ShardMsg::CountBusy { reply });
+        let busy = ask_shards(shared, |reply| Command::CountBusy { reply });
         if busy == 0 {
             tracing::info!("drained: no channel in use");
             break;
         }
         if Instant::now() >= deadline {
-            let n = ask_shards(shared, |reply| ShardMsg::CloseAll { reply });
+            let n = ask_shards(shared, |reply| Command::CloseAll { reply });
             tracing::warn!(
                 channels = n,
                 "drain deadline reached: closing channels with 1001"
@@ -134,10 +151,10 @@ fn drain(shared: &Arc<Shared>, signals: &mut signal_hook::iterator::Signals) {
 /// Sends every shard a question and adds up the answers.
 fn ask_shards(
     shared: &Shared,
-    msg: impl Fn(tokio::sync::oneshot::Sender<usize>) -> ShardMsg,
+    msg: impl Fn(tokio::sync::oneshot::Sender<usize>) -> Command,
 ) -> usize {
     let mut total = 0;
-    for peer in &shared.peers {
+    for peer in &shared.commands {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if peer.send(msg(tx)).is_ok() {
             total += rx.blocking_recv().unwrap_or(0);

@@ -15,12 +15,14 @@ pub struct Metrics {
     pub bytes_forwarded: AtomicU64,
     pub frames_forwarded: AtomicU64,
     pub handoffs: AtomicU64,
-    /// Requests refused before the upgrade, by status.
+    /// Requests refused before any upgrade or body (either listener), by status.
     pub refused_400: AtomicU64,
     pub refused_404: AtomicU64,
     pub refused_405: AtomicU64,
     pub refused_408: AtomicU64,
     pub refused_409: AtomicU64,
+    pub refused_411: AtomicU64,
+    pub refused_413: AtomicU64,
     pub refused_431: AtomicU64,
     pub refused_5xx: AtomicU64,
     /// Channel ends by reason, indexed like `StreamEnd::ALL_LABELS`.
@@ -40,6 +42,8 @@ pub static METRICS: Metrics = Metrics {
     refused_405: AtomicU64::new(0),
     refused_408: AtomicU64::new(0),
     refused_409: AtomicU64::new(0),
+    refused_411: AtomicU64::new(0),
+    refused_413: AtomicU64::new(0),
     refused_431: AtomicU64::new(0),
     refused_5xx: AtomicU64::new(0),
     ends: [const { AtomicU64::new(0) }; StreamEnd::ALL_LABELS.len()],
@@ -53,6 +57,8 @@ impl Metrics {
             405 => &self.refused_405,
             408 => &self.refused_408,
             409 => &self.refused_409,
+            411 => &self.refused_411,
+            413 => &self.refused_413,
             431 => &self.refused_431,
             _ => &self.refused_5xx,
         };
@@ -111,13 +117,15 @@ impl Metrics {
             "Connections handed to the shard that owns their channel.",
             self.handoffs.load(Relaxed).to_string(),
         );
-        let _ = writeln!(s, "# HELP chanrelay_refusals_total Requests refused before the upgrade, by HTTP status.\n# TYPE chanrelay_refusals_total counter");
+        let _ = writeln!(s, "# HELP chanrelay_refusals_total Requests refused before any upgrade or body, on either listener, by HTTP status.\n# TYPE chanrelay_refusals_total counter");
         for (status, c) in [
             ("400", &self.refused_400),
             ("404", &self.refused_404),
             ("405", &self.refused_405),
             ("408", &self.refused_408),
             ("409", &self.refused_409),
+            ("411", &self.refused_411),
+            ("413", &self.refused_413),
             ("431", &self.refused_431),
             ("5xx", &self.refused_5xx),
         ] {

@@ -1,0 +1,86 @@
+//! A control-API connection: the same request loop as the data plane, with
+//! `Content-Length` bodies (bounded) read before the request is handed to the API's routes,
+//! and `GET /v1/events` upgraded to the event stream. Every shard accepts control
+//! connections, so a channel is created on the shard that took the request, with no hop to
+//! another thread.
+
+use std::rc::Rc;
+
+use super::request::{serve_requests, Handler, HeadLimits};
+use crate::channel::Shard;
+use crate::config::MAX_CONTROL_BODY_BYTES;
+use crate::control::{api, events};
+use crate::error::Refusal;
+use crate::http::Served;
+use crate::ring::{Conn, Watchdog};
+use crate::wire::head::RequestHead;
+
+/// Read size for control request bodies.
+const BODY_READ_BYTES: usize = 4096;
+
+/// Serves a control connection until the client closes it (keep-alive).
+pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
+    let cfg = shard.config();
+    let limits = HeadLimits {
+        max_bytes: cfg.max_head_bytes,
+        timeout: cfg.handshake_timeout(),
+    };
+    let mut requests = ControlRequests { shard, limits };
+    serve_requests(Rc::new(conn), Vec::new(), limits, &mut requests).await
+}
+
+struct ControlRequests {
+    shard: Rc<Shard>,
+    limits: HeadLimits,
+}
+
+impl Handler for ControlRequests {
+    async fn serve(
+        &mut self,
+        conn: Rc<Conn>,
+        head: RequestHead,
+        mut buf: Vec<u8>,
+        head_dog: &Watchdog,
+    ) -> Served {
+        let close = head.connection_close || head.minor_version == 0;
+        if head.chunked {
+            return Served::Refused(conn, Refusal::LengthRequired);
+        }
+        let body_len = head.content_length.unwrap_or(0) as usize;
+        if body_len > MAX_CONTROL_BODY_BYTES {
+            return Served::Refused(conn, Refusal::BodyTooLarge);
+        }
+        // The body has the same time to arrive as a head.
+        head_dog.expire_in(self.limits.timeout);
+        while buf.len() < body_len {
+            let (res, b) = conn.read_append(buf, BODY_READ_BYTES).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return Served::Closed;
+            }
+        }
+        head_dog.disarm();
+        let rest = buf.split_off(body_len);
+        let body = buf;
+        let auth = head
+            .headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .map(|(_, v)| v.as_str());
+        let shared = &self.shard.shared;
+        if head.path == "/v1/events" && head.upgrade_websocket {
+            if !api::authorized(shared, auth) {
+                let _ = conn.write_all(api::unauthorized().render(true)).await;
+                return Served::Closed;
+            }
+            events::serve_events(shared.clone(), conn, head, rest).await;
+            return Served::Closed;
+        }
+        let resp = api::handle(&self.shard, &head.method, &head.path, auth, &body).await;
+        if conn.write_all(resp.render(close)).await.is_err() || close {
+            conn.shutdown();
+            return Served::Closed;
+        }
+        Served::KeepAlive(conn, rest)
+    }
+}

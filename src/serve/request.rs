@@ -1,0 +1,111 @@
+//! The one HTTP/1 request loop, for the data-plane and the control listener alike: read a
+//! request head (bounded in size and in time), hand it to the listener's handler, and
+//! either read the next request on the same connection (keep-alive) or answer a refusal
+//! and close. What a refusal looks like on the wire is decided in `error.rs`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::error::Refusal;
+use crate::http::Served;
+use crate::metrics::METRICS;
+use crate::ring::{Conn, Cut, Watchdog};
+use crate::wire::head::{parse_request_head, HeadError, RequestHead};
+
+/// First read size for a request head; later reads grow with what is buffered, up to the
+/// head limit.
+pub const HEAD_READ_BYTES: usize = 2048;
+
+/// What bounds a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Largest head, in bytes (`max_head_bytes`).
+    pub max_bytes: usize,
+    /// Longest a client may take to send it, or idle between requests.
+    pub timeout: Duration,
+}
+
+/// Serves one request a listener takes. `head_dog` is the connection's watchdog, disarmed
+/// once the head is in; a handler that reads a bounded body re-arms it for that.
+pub(crate) trait Handler {
+    async fn serve(
+        &mut self,
+        conn: Rc<Conn>,
+        head: RequestHead,
+        leftover: Vec<u8>,
+        head_dog: &Watchdog,
+    ) -> Served;
+}
+
+/// Reads requests on `conn` (after `initial`, bytes of the next request already read) and
+/// serves each with `handler` until the connection is done.
+pub(crate) async fn serve_requests(
+    conn: Rc<Conn>,
+    initial: Vec<u8>,
+    limits: HeadLimits,
+    handler: &mut impl Handler,
+) {
+    let mut conn = conn;
+    let mut initial = initial;
+    // One watchdog for the life of the connection, re-armed for every head.
+    let dog = Watchdog::new(&conn, Cut::Read);
+    loop {
+        dog.expire_in(limits.timeout);
+        let read = read_head(&conn, std::mem::take(&mut initial), limits.max_bytes, &dog).await;
+        dog.disarm();
+        let (head, leftover) = match read {
+            Ok(h) => h,
+            Err(Some(refusal)) => return refuse(&conn, refusal).await,
+            Err(None) => return,
+        };
+        match handler.serve(conn, head, leftover, &dog).await {
+            Served::KeepAlive(c, rest) => (conn, initial) = (c, rest),
+            Served::Closed => return,
+            Served::Refused(c, refusal) => return refuse(&c, refusal).await,
+        }
+    }
+}
+
+/// Answers a refusal and closes the connection.
+pub async fn refuse(conn: &Conn, refusal: Refusal) {
+    let (status, _, _) = refusal.status();
+    METRICS.count_refusal(status);
+    tracing::debug!(status, "refused");
+    let _ = conn.write_all(refusal.response()).await;
+    conn.shutdown();
+}
+
+/// Reads a request head, starting from bytes already read (a pipelined request).
+/// `Err(None)`: the peer went away (nothing to answer).
+async fn read_head(
+    conn: &Conn,
+    initial: Vec<u8>,
+    max: usize,
+    dog: &Watchdog,
+) -> Result<(RequestHead, Vec<u8>), Option<Refusal>> {
+    let mut buf = initial;
+    // Bytes of a pipelined request may already be here: parse those before reading.
+    let mut need_read = buf.is_empty();
+    loop {
+        if need_read {
+            if buf.len() >= max {
+                return Err(Some(Refusal::HeadTooLarge));
+            }
+            let room = HEAD_READ_BYTES.max(buf.len()).min(max - buf.len());
+            let (res, b) = conn.read_append(buf, room).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) if dog.fired() => return Err(Some(Refusal::Timeout)),
+                Ok(0) | Err(_) => return Err(None),
+                Ok(_) => {}
+            }
+        }
+        need_read = true;
+        match parse_request_head(&buf) {
+            Ok(None) => continue,
+            Ok(Some((head, n))) => return Ok((head, buf[n..].to_vec())),
+            Err(HeadError::TooManyHeaders) => return Err(Some(Refusal::HeadTooLarge)),
+            Err(HeadError::Malformed(m)) => return Err(Some(Refusal::BadRequest(m))),
+        }
+    }
+}
