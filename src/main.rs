@@ -1,3 +1,6 @@
+//! The `chanrelay` binary: `serve` (the relay) and `mint-ref`.
+#![deny(unsafe_code)]
+
 use clap::Parser;
 
 use chanrelay::cli::{Cli, Command};

@@ -9,11 +9,12 @@ use tokio::sync::mpsc;
 
 use crate::channel::ping_reader::PingReader;
 use crate::channel::Shared;
+use crate::error::Refusal;
 use crate::ring::{self, Conn};
 use crate::subscribers::Outgoing;
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 use crate::wire::head::RequestHead;
-use crate::wire::response::{error_response, switching_protocols};
+use crate::wire::response::switching_protocols;
 
 /// Largest frame accepted from a subscriber (it has no reason to send data).
 const MAX_SUBSCRIBER_FRAME: u64 = 64 << 10;
@@ -28,9 +29,7 @@ pub async fn serve_events(
     let key = match head.websocket_key() {
         Ok(key) => key,
         Err(why) => {
-            let _ = conn
-                .write_all(error_response(400, "bad_request", why))
-                .await;
+            let _ = conn.write_all(Refusal::BadRequest(why).response()).await;
             return;
         }
     };

@@ -12,6 +12,15 @@ mod thread;
 
 pub use request::HEAD_READ_BYTES;
 
+/// How long every shard thread has to start its runtime before the start is failed.
+pub const SHARD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the drain looks whether channels are still in use.
+pub const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// After the drain deadline: how long the Close frames of the channels it ended may take
+/// to go out before the process exits, and how often that is checked.
+pub const DRAIN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+pub const DRAIN_FLUSH_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -74,11 +83,9 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     }
     // Report "listening" only once every runtime is up.
     for _ in 0..n {
-        ready_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .map_err(|_| {
-                std::io::Error::other("a runtime failed to start (is io_uring enabled?)")
-            })?;
+        ready_rx.recv_timeout(SHARD_START_TIMEOUT).map_err(|_| {
+            std::io::Error::other("a runtime failed to start (is io_uring enabled?)")
+        })?;
     }
     Ok(Running {
         data_addr,
@@ -138,13 +145,13 @@ fn drain(shared: &Arc<Shared>, signals: &mut signal_hook::iterator::Signals) {
                 "drain deadline reached: closing channels with 1001"
             );
             // Let the Close frames go out.
-            let until = Instant::now() + Duration::from_secs(2);
+            let until = Instant::now() + DRAIN_FLUSH;
             while shared.connections.load(Relaxed) > 0 && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(DRAIN_FLUSH_POLL);
             }
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(DRAIN_POLL);
     }
 }
 
