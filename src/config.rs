@@ -35,7 +35,8 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 1 << 20;
 /// Buffer memory per shard shared by its active streams: each holds at most
 /// `budget / streams` (and its channel's `buffer_bytes`) and reads a quarter of that.
 pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 96 << 20;
-/// Read size for idle connections and readers' control traffic (keeps idle ends cheap).
+/// Read size for an idle or trickling writer (keeps idle ends cheap); a streaming writer
+/// gets its share of `stream_budget_bytes`. (Readers' pings are read in 512-byte reads.)
 pub const SMALL_READ_BYTES: usize = 2 << 10;
 /// A paired channel where nothing moved on either end for this long is closed.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3600;

@@ -33,7 +33,7 @@ fn class_of(cap: usize) -> Option<usize> {
 
 impl BufPool {
     /// `max_read`: the largest read (`read_buffer_bytes`); `budget`: read memory per shard
-    /// shared by its active streams (`read_budget_bytes`).
+    /// shared by its active streams (`stream_budget_bytes`).
     pub fn new(max_read: usize, budget: usize) -> BufPool {
         BufPool {
             max_read,

@@ -1,5 +1,6 @@
-//! HTTP ingress routes registered by the control engine (DESIGN §5.3): path patterns such as
-//! `files/:filename`, matched against public requests; query strings into maps.
+//! HTTP ingress routes registered by the control engine (see `docs/control-api.md`): path
+//! patterns such as `files/:filename`, matched against public requests; query strings into
+//! maps.
 
 use std::collections::BTreeMap;
 
