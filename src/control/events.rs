@@ -19,22 +19,20 @@ use crate::wire::response::switching_protocols;
 /// Largest frame accepted from a subscriber (it has no reason to send data).
 const MAX_SUBSCRIBER_FRAME: u64 = 64 << 10;
 
-/// Upgrades the connection and streams events until the subscriber leaves.
+/// Upgrades the connection and streams events until the subscriber leaves. A head that
+/// is not a valid WebSocket upgrade is refused (returned: the caller answers).
 pub async fn serve_events(
     shared: Arc<Shared>,
     conn: Rc<Conn>,
     head: RequestHead,
     leftover: Vec<u8>,
-) {
+) -> Result<(), (Rc<Conn>, Refusal)> {
     let key = match head.websocket_key() {
         Ok(key) => key,
-        Err(why) => {
-            let _ = conn.write_all(Refusal::BadRequest(why).response()).await;
-            return;
-        }
+        Err(why) => return Err((conn, Refusal::BadRequest(why))),
     };
     if conn.write_all(switching_protocols(key)).await.is_err() {
-        return;
+        return Ok(());
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let id = shared.subscribers.add(tx.clone());
@@ -57,6 +55,7 @@ pub async fn serve_events(
     tracing::info!(subscriber = id, "engine unsubscribed");
     conn.shutdown();
     let _ = listener.await;
+    Ok(())
 }
 
 /// Reads the subscriber's frames: answers pings, ends on Close, EOF or garbage.

@@ -167,14 +167,17 @@ pub async fn run_http_reader(
     let Some(watcher) = watcher else {
         return reusable.then_some(leftover);
     };
-    if reusable {
-        // The next request has the usual head timeout to arrive.
+    // The next request has the usual head timeout to arrive. The watchdog lives only as long
+    // as the watcher reads for it: the connection may go on to serve a long response next.
+    let next_request = reusable.then(|| {
         let timeout = shard.config().handshake_timeout();
-        Watchdog::cut_after(conn, Cut::Read, timeout);
-    } else {
+        Watchdog::armed(conn, Cut::Read, timeout)
+    });
+    if !reusable {
         conn.shutdown();
     }
     let (bytes, eof) = watcher.await.unwrap_or_default();
+    drop(next_request);
     (reusable && (!eof || !bytes.is_empty())).then_some(bytes)
 }
 

@@ -73,8 +73,10 @@ impl Handler for ControlRequests {
                 let _ = conn.write_all(api::unauthorized().render(true)).await;
                 return Served::Closed;
             }
-            events::serve_events(shared.clone(), conn, head, rest).await;
-            return Served::Closed;
+            return match events::serve_events(shared.clone(), conn, head, rest).await {
+                Ok(()) => Served::Closed,
+                Err((conn, refusal)) => Served::Refused(conn, refusal),
+            };
         }
         let resp = api::handle(&self.shard, &head.method, &head.path, auth, &body).await;
         if conn.write_all(resp.render(close)).await.is_err() || close {

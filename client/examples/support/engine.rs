@@ -1,5 +1,5 @@
-//! A minimal example *engine* for chanrelay's HTTP endpoints (DESIGN §5.3) — an example,
-//! not part of the relay. It registers routes on the control API, subscribes to the
+//! A minimal example *engine* for chanrelay's HTTP endpoints (see `docs/control-api.md`) —
+//! an example, not part of the relay. It registers routes on the control API, subscribes to the
 //! relay's event stream, and for each routed request calls a handler with an
 //! iii-shaped request (`path_params`, `query_params`, `headers`, the request body as a
 //! [`ChannelReader`]) and a response (`status`, `headers`, then body bytes on a
