@@ -2,12 +2,15 @@
 //! exhaustion and request smuggling against a spawned relay. Each case states what goes
 //! over the wire and what the peer must see (docs/protocol.md, docs/configuration.md,
 //! docs/control-api.md); every test ends by checking the relay is alive and never panicked.
-mod common;
 
-use common::*;
+use chanrelay_testkit::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
 
@@ -82,7 +85,7 @@ fn reader_violation(relay: &Relay, bytes: &[u8], want: u16, what: &str) {
 
 #[test]
 fn unmasked_client_frames_are_1002() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     for (op, p) in [
         (OP_BINARY, &b"abc"[..]),
         (OP_TEXT, b"abc"),
@@ -108,7 +111,7 @@ fn unmasked_client_frames_are_1002() {
 
 #[test]
 fn reserved_bits_are_1002() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     for rsv in [1u8, 2, 4, 7] {
         writer_violation(
             &relay,
@@ -154,7 +157,7 @@ fn reserved_bits_are_1002() {
 
 #[test]
 fn unknown_opcodes_are_1002() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     for op in [0x3u8, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF] {
         writer_violation(
             &relay,
@@ -180,7 +183,7 @@ fn unknown_opcodes_are_1002() {
 
 #[test]
 fn oversized_or_fragmented_control_frames_are_1002() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     for (op, name) in [(OP_PING, "ping"), (OP_PONG, "pong"), (OP_CLOSE, "close")] {
         let mut big = vec![0x03, 0xE8];
         big.resize(126, b'z');
@@ -233,7 +236,7 @@ fn oversized_or_fragmented_control_frames_are_1002() {
 
 #[test]
 fn bad_fragmentation_is_1002() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     writer_violation(
         &relay,
         &masked(true, 0, OP_CONT, b"orphan"),
@@ -266,7 +269,7 @@ fn bad_fragmentation_is_1002() {
 
 #[test]
 fn length_field_of_2_pow_63_is_1002() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
     writer_violation(&relay, &header_only(0x82, 1u64 << 63), 1002, "length 2^63");
     writer_violation(&relay, &header_only(0x82, u64::MAX), 1002, "length 2^64-1");
@@ -294,7 +297,7 @@ fn length_field_of_2_pow_63_is_1002() {
 
 #[test]
 fn frame_over_max_frame_bytes_is_1009() {
-    let mut relay = Relay::with_config("max_frame_bytes = 1024\n");
+    let mut relay = RELAY.with_config("max_frame_bytes = 1024\n");
     // At the limit: forwarded. Fragments are limited one by one, not per message.
     let (_ch, mut r, mut w) = paired(&relay, "at limit");
     let a = random_bytes(1024);
@@ -366,7 +369,7 @@ fn read_head_exact(s: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn head_trickled_one_byte_at_a_time_still_works() {
-    let mut relay = Relay::with_config("handshake_timeout_ms = 20000\n");
+    let mut relay = RELAY.with_config("handshake_timeout_ms = 20000\n");
     let ch = relay.create();
     // Reader: WebSocket upgrade, one byte per write.
     let mut rs = tcp_connect(relay.data);
@@ -455,7 +458,7 @@ fn slowloris(
 
 #[test]
 fn slowloris_gets_408_or_is_closed_after_handshake_timeout() {
-    let mut relay = Relay::with_config("handshake_timeout_ms = 500\n");
+    let mut relay = RELAY.with_config("handshake_timeout_ms = 500\n");
     let ch = relay.create();
     let path = ws_path(&ch.id, &ch.key, "read");
     let cases = [
@@ -503,7 +506,7 @@ fn slowloris_gets_408_or_is_closed_after_handshake_timeout() {
 fn thousands_of_unfinished_handshakes_are_dropped_and_relay_stays_responsive() {
     const N: usize = 2000;
     let timeout_ms = 4000u64;
-    let mut relay = Relay::with_config(&format!("handshake_timeout_ms = {timeout_ms}\n"));
+    let mut relay = RELAY.with_config(&format!("handshake_timeout_ms = {timeout_ms}\n"));
     let base_fds = relay.fd_count();
     let t0 = Instant::now();
     let mut socks = Vec::with_capacity(N);
@@ -615,7 +618,7 @@ fn writer_end_still_free(relay: &Relay, ch: &ChannelInfo, what: &str) {
 
 #[test]
 fn content_length_and_chunked_conflicts_are_400() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let cases: &[(&str, &str)] = &[
         (
             "CL then TE",
@@ -687,7 +690,7 @@ fn content_length_and_chunked_conflicts_are_400() {
 /// `u64::from_str`, but as invalid by strict proxies — a classic desync.
 #[test]
 fn content_length_with_plus_sign_is_400() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let mut failures = Vec::new();
     for cl in ["+5", "+0005", "05"] {
         let ch = relay.create();
@@ -715,7 +718,7 @@ fn content_length_with_plus_sign_is_400() {
 /// decodes no content) must be refused (501, or 400), not forwarded as if it were plain.
 #[test]
 fn unsupported_transfer_coding_before_chunked_is_refused() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let mut failures = Vec::new();
     for te in [
         "gzip, chunked",
@@ -746,7 +749,7 @@ fn unsupported_transfer_coding_before_chunked_is_refused() {
 
 #[test]
 fn bad_chunked_bodies_never_end_cleanly() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let bodies: &[(&str, &[u8])] = &[
         ("non-hex size", b"zz\r\nhello\r\n0\r\n\r\n"),
         ("negative size", b"-5\r\nhello\r\n0\r\n\r\n"),
@@ -793,7 +796,7 @@ fn bad_chunked_bodies_never_end_cleanly() {
 /// second request on the same connection once the response is done.
 #[test]
 fn body_of_a_get_is_not_parsed_as_a_second_request() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let ch = relay.create();
     let smuggled = b"GET /ws/channels/smuggled?key=k&dir=read HTTP/1.1\r\nHost: x\r\n\r\n";
     let head = format!(
@@ -829,7 +832,7 @@ fn body_of_a_get_is_not_parsed_as_a_second_request() {
 fn request_smuggling_on_the_upload_path_reaches_no_second_channel() {
     // CL.TE: a proxy honouring Content-Length would forward the tail as a new request;
     // the relay must refuse the whole thing, so the "smuggled" PUT never writes.
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let ch = relay.create();
     let victim = relay.create();
     let mut vr = relay.connect(&victim, "read");
@@ -878,7 +881,7 @@ fn request_smuggling_on_the_upload_path_reaches_no_second_channel() {
 
 #[test]
 fn set_headers_cannot_inject_cr_lf() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let ch = relay.create();
     let mut s = tcp_connect(relay.data);
     s.write_all(
@@ -959,7 +962,7 @@ fn set_headers_cannot_inject_cr_lf() {
 
 #[test]
 fn invalid_percent_encoding_in_key_is_400() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let ch = relay.create();
     let mut failures = Vec::new();
     for key in [
@@ -1002,7 +1005,7 @@ fn invalid_percent_encoding_in_key_is_400() {
 
 #[test]
 fn traversal_looking_and_overlong_channel_ids_are_404() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let ch = relay.create();
     let id = &ch.id;
     let q = format!("?key={}&dir=read", ch.key);
@@ -1073,7 +1076,7 @@ fn traversal_looking_and_overlong_channel_ids_are_404() {
 
 #[test]
 fn oversized_control_api_bodies_are_413() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     // Exactly 64 KiB of valid JSON is fine.
     let mut body = String::from("{\"ttl_s\": 60");
     body.push_str(&" ".repeat(65536 - body.len() - 1));
@@ -1123,7 +1126,7 @@ fn oversized_control_api_bodies_are_413() {
 
 #[test]
 fn oversized_request_head_is_431() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let ch = relay.create();
     // Exactly max_head_bytes (8 KiB) without the end of the head: all of it is read.
     let mut req = format!(
@@ -1178,7 +1181,7 @@ fn oversized_request_head_is_431() {
 
 #[test]
 fn garbage_instead_of_http_gets_400_or_close() {
-    let mut relay = Relay::with_config("handshake_timeout_ms = 1000\n");
+    let mut relay = RELAY.with_config("handshake_timeout_ms = 1000\n");
     let mut tls = vec![
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
@@ -1243,7 +1246,7 @@ fn garbage_instead_of_http_gets_400_or_close() {
 
 #[test]
 fn max_connections_exceeded_is_503_before_upgrade() {
-    let mut relay = Relay::with_config("max_connections = 4\n");
+    let mut relay = RELAY.with_config("max_connections = 4\n");
     let a = relay.create();
     let b = relay.create();
     let mut ar = relay.connect(&a, "read");
@@ -1306,7 +1309,7 @@ fn max_connections_exceeded_is_503_before_upgrade() {
 /// same `handshake_timeout_ms` as the data plane (408 or close).
 #[test]
 fn control_api_slowloris_is_dropped() {
-    let mut relay = Relay::with_config("handshake_timeout_ms = 500\n");
+    let mut relay = RELAY.with_config("handshake_timeout_ms = 500\n");
     let control = relay.control;
     let cases: [(&str, &[u8]); 3] = [
         ("half a head", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"),

@@ -6,7 +6,6 @@
 //!
 //! Needs `/usr/bin/chromium` (Debian package `chromium`). Without it the test is skipped
 //! with a message, unless `CHANRELAY_REQUIRE_BROWSER` is set (CI sets it), then it fails.
-mod common;
 mod http;
 
 use std::collections::HashMap;
@@ -18,9 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use chanrelay_testkit::*;
 use http::*;
 use serde_json::json;
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Whole browser run, start to result.
@@ -270,7 +273,7 @@ fn wait_reader(control: SocketAddr, id: &str, limit: Duration) -> bool {
 #[test]
 fn chromium_eventsource_and_fetch_through_relay() {
     let Some(bin) = chromium() else { return };
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let sse = relay.create();
     let file = relay.create();
     let file_data = random_bytes(FILE_BYTES);

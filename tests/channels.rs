@@ -1,14 +1,17 @@
 //! Channel data path: pairing in either order, byte-exact forwarding with frame
 //! boundaries and opcodes intact, pings, clean close.
-mod common;
 
-use common::*;
+use chanrelay_testkit::*;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
+
 #[test]
 fn reader_first_then_writer() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     std::thread::sleep(Duration::from_millis(50));
@@ -54,7 +57,7 @@ fn reader_first_then_writer() {
 
 #[test]
 fn writer_first_then_reader() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
     w.send_text("early message");
@@ -86,7 +89,7 @@ fn writer_first_then_reader() {
 
 #[test]
 fn writer_sends_100k_and_closes_before_reader_connects() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
     let data = random_bytes(100_000);
@@ -120,7 +123,7 @@ fn writer_sends_100k_and_closes_before_reader_connects() {
 
 #[test]
 fn ten_mib_in_64k_frames_with_messages_byte_exact() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -195,7 +198,7 @@ fn ten_mib_in_64k_frames_with_messages_byte_exact() {
 
 #[test]
 fn edge_frame_sizes_preserved() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -237,7 +240,7 @@ fn edge_frame_sizes_preserved() {
 fn sixteen_mib_frame_passes_through_whole() {
     // 16 MiB is the default max_frame_bytes: allowed, and bigger than the 4 MiB
     // channel buffer, so the relay has to cut through.
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -265,7 +268,7 @@ fn sixteen_mib_frame_passes_through_whole() {
 
 #[test]
 fn fragmented_messages_with_ping_between_fragments() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -320,7 +323,7 @@ fn fragmented_messages_with_ping_between_fragments() {
 
 #[test]
 fn close_right_after_last_frame_200_channels() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     for i in 0..200usize {
         let ch = relay.create();
         let reader_first = i % 2 == 0;
@@ -373,7 +376,7 @@ fn close_right_after_last_frame_200_channels() {
 
 #[test]
 fn reader_pings_during_stream_get_pongs_and_lose_nothing() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -427,7 +430,7 @@ fn reader_pings_during_stream_get_pongs_and_lose_nothing() {
 
 #[test]
 fn many_tiny_frames_in_one_write_stay_separate() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -456,7 +459,7 @@ fn many_tiny_frames_in_one_write_stay_separate() {
 /// when the connection moves to another shard).
 #[test]
 fn handshake_and_frames_in_one_packet() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     for i in 0..24usize {
         let ch = relay.create();
         let mut r = relay.connect(&ch, "read");
@@ -485,7 +488,7 @@ fn handshake_and_frames_in_one_packet() {
 
 #[test]
 fn pings_are_answered_before_pairing() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     r.send_ping(b"reader-alone");
@@ -523,7 +526,7 @@ fn pings_are_answered_before_pairing() {
 /// gets them in one TCP segment, not three (packets per channel are what set-up costs).
 #[test]
 fn last_data_close_and_fin_reach_the_reader_in_one_segment() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");

@@ -10,9 +10,8 @@
 //! Deterministic: each channel's plan comes from `CHAOS_SEED` (default fixed) and its
 //! index, whatever the thread scheduling. `CHAOS_CHANNELS` (default 2048) and
 //! `CHAOS_WORKERS` (default 32) scale the run.
-mod common;
 
-use common::*;
+use chanrelay_testkit::*;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -20,6 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 // ---------------------------------------------------------------------------
 // Deterministic randomness
@@ -960,7 +963,7 @@ fn chaos_run() {
     let n_channels = env_u64("CHAOS_CHANNELS", 2048) as usize;
     let n_workers = env_u64("CHAOS_WORKERS", 32) as usize;
     let started = Instant::now();
-    let mut relay = Relay::with_config("handshake_timeout_ms = 2000\n");
+    let mut relay = RELAY.with_config("handshake_timeout_ms = 2000\n");
     // Warm up (both shards, the control thread) before taking the baselines: some fds
     // and allocations are made lazily on first use.
     for _ in 0..4 {
@@ -1206,7 +1209,7 @@ fn chaos_run() {
 /// about 1 in 7). Kept as the sequential check: both ends learn of the abort.
 #[test]
 fn delete_between_fragments_closes_both_ends() {
-    let mut relay = Relay::start();
+    let mut relay = RELAY.start();
     let plan = Plan::new(12345, 818);
     assert_eq!(plan.fault, Fault::Delete { after: 6 });
     let mut hung = Vec::new();

@@ -1,8 +1,11 @@
 //! Control API, metrics, and channels whose ends land on different shards.
-mod common;
 
-use common::*;
+use chanrelay_testkit::*;
 use serde_json::Value;
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 fn assert_error_body(r: &HttpResponse, what: &str) {
     let v: Value = serde_json::from_slice(&r.body)
@@ -27,7 +30,7 @@ fn is_uuid(s: &str) -> bool {
 
 #[test]
 fn create_returns_refs_and_get_reports_state() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     // No body at all.
     let r = relay.control("POST", "/v1/channels", None);
     assert_eq!(r.status, 201, "{}", r.text());
@@ -66,7 +69,7 @@ fn create_returns_refs_and_get_reports_state() {
 
 #[test]
 fn bad_requests_are_400_with_json_error() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let cases = [
         "{",
         "not json",
@@ -89,7 +92,7 @@ fn bad_requests_are_400_with_json_error() {
 
 #[test]
 fn unknown_routes_and_channels_are_404_and_wrong_methods_405() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     for (m, p) in [("GET", "/v1/nope"), ("GET", "/"), ("POST", "/v2/channels")] {
         let r = relay.control(m, p, None);
         assert_eq!(r.status, 404, "{m} {p}: {}", r.text());
@@ -107,7 +110,7 @@ fn unknown_routes_and_channels_are_404_and_wrong_methods_405() {
 
 #[test]
 fn control_token_is_required_when_configured() {
-    let mut relay = Relay::with_config("control_token = \"s3cret-token\"\n");
+    let mut relay = RELAY.with_config("control_token = \"s3cret-token\"\n");
     relay.token = None;
     let r = relay.control("POST", "/v1/channels", None);
     assert_eq!(r.status, 401, "no token: {}", r.text());
@@ -158,7 +161,7 @@ fn control_token_is_required_when_configured() {
 
 #[test]
 fn health_ready_and_metrics() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     assert_eq!(relay.control("GET", "/healthz", None).status, 200);
     assert_eq!(relay.control("GET", "/readyz", None).status, 200);
     let before = relay.metrics();
@@ -226,7 +229,7 @@ fn health_ready_and_metrics() {
 
 #[test]
 fn ends_on_different_shards_meet() {
-    let relay = Relay::start(); // --shards 2
+    let relay = RELAY.start(); // --shards 2
     let chans: Vec<ChannelInfo> = (0..40).map(|_| relay.create()).collect();
     // Connect every end first (SO_REUSEPORT spreads the 80 connections over both
     // shards), alternating which end comes first.
@@ -277,7 +280,7 @@ fn ends_on_different_shards_meet() {
 /// spreads its channels over every core.
 #[test]
 fn one_control_connection_spreads_channels_over_shards() {
-    let relay = Relay::start(); // --shards 2
+    let relay = RELAY.start(); // --shards 2
     let mut conn = tcp_connect(relay.control);
     let mut per_shard = [0usize; 2];
     for i in 0..21 {

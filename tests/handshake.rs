@@ -1,14 +1,17 @@
 //! Data-plane admission: the upgrade response, HTTP errors before any upgrade,
 //! and protocol violations after it.
-mod common;
 
-use common::*;
+use chanrelay_testkit::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
+
 #[test]
 fn upgrade_response_declines_deflate_and_advertises_nodelay() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let (resp, mut r) = relay.try_connect(
         &ws_path(&ch.id, &ch.key, "read"),
@@ -74,7 +77,7 @@ fn upgrade_response_declines_deflate_and_advertises_nodelay() {
 
 #[test]
 fn wrong_key_and_unknown_channel_are_404_and_consume_nothing() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut bad = ch.key.clone();
     let last = bad.pop().unwrap();
@@ -108,7 +111,7 @@ fn wrong_key_and_unknown_channel_are_404_and_consume_nothing() {
 
 #[test]
 fn missing_or_invalid_key_or_dir_is_400() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let id = &ch.id;
     let key = &ch.key;
@@ -134,7 +137,7 @@ fn missing_or_invalid_key_or_dir_is_400() {
 
 #[test]
 fn malformed_upgrade_is_400() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let path = ws_path(&ch.id, &ch.key, "write");
     let addr = relay.data;
@@ -165,7 +168,7 @@ fn malformed_upgrade_is_400() {
 
 #[test]
 fn second_writer_and_second_reader_are_409() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
     let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "write"), &[]);
@@ -185,7 +188,7 @@ fn second_writer_and_second_reader_are_409() {
 
 #[test]
 fn wrong_method_is_405() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     for method in ["DELETE", "PATCH"] {
         for dir in ["read", "write"] {
@@ -203,7 +206,7 @@ fn wrong_method_is_405() {
 
 #[test]
 fn key_is_percent_decoded_and_unknown_params_ignored() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let enc: String = ch.key.bytes().map(|b| format!("%{b:02X}")).collect();
     let mut r = ws_connect(
@@ -220,7 +223,7 @@ fn key_is_percent_decoded_and_unknown_params_ignored() {
 
 #[test]
 fn path_prefix_is_honoured() {
-    let relay = Relay::with_config("path_prefix = \"/relay\"\n");
+    let relay = RELAY.with_config("path_prefix = \"/relay\"\n");
     let ch = relay.create();
     let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "read"), &[]);
     assert_eq!(
@@ -241,7 +244,7 @@ fn path_prefix_is_honoured() {
 
 #[test]
 fn slow_handshake_is_dropped() {
-    let relay = Relay::with_config("handshake_timeout_ms = 300\n");
+    let relay = RELAY.with_config("handshake_timeout_ms = 300\n");
     let ch = relay.create();
     let mut s = tcp_connect(relay.data);
     s.write_all(format!("GET /ws/channels/{}?key={}", ch.id, ch.key).as_bytes())
@@ -265,7 +268,7 @@ fn slow_handshake_is_dropped() {
 
 #[test]
 fn oversized_head_is_rejected() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let pad = "a".repeat(32 * 1024);
     let mut s = tcp_connect(relay.data);
@@ -301,7 +304,7 @@ fn oversized_head_is_rejected() {
 
 #[test]
 fn over_connection_limit_is_503() {
-    let relay = Relay::spawn(Some("max_connections = 2\n"), 1);
+    let relay = RELAY.spawn(Some("max_connections = 2\n"), 1);
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -357,7 +360,7 @@ fn violation(relay: &Relay, bytes: &[u8], want: u16, what: &str) {
 
 #[test]
 fn unmasked_frame_is_1002() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     violation(
         &relay,
         &encode_frame(true, 0, OP_BINARY, b"abc", None),
@@ -368,7 +371,7 @@ fn unmasked_frame_is_1002() {
 
 #[test]
 fn reserved_bits_are_1002() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     violation(
         &relay,
         &encode_frame(true, 4, OP_BINARY, b"abc", Some([1, 2, 3, 4])),
@@ -385,7 +388,7 @@ fn reserved_bits_are_1002() {
 
 #[test]
 fn bad_opcodes_are_1002() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     for op in [0x3u8, 0x7, 0xB, 0xF] {
         violation(
             &relay,
@@ -411,7 +414,7 @@ fn bad_opcodes_are_1002() {
 
 #[test]
 fn frame_over_max_frame_bytes_is_1009() {
-    let relay = Relay::with_config("max_frame_bytes = 65536\n");
+    let relay = RELAY.with_config("max_frame_bytes = 65536\n");
     // Exactly the limit is fine.
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
@@ -430,7 +433,7 @@ fn frame_over_max_frame_bytes_is_1009() {
 /// The head and then frame headers arrive a byte or two at a time.
 #[test]
 fn handshake_and_frames_in_tiny_pieces() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let req = format!(

@@ -4,16 +4,19 @@
 //! truncation made visible, SSE cut-through, keep-alive and HTTP/1.0.
 //!
 //! Needs `curl` and `sha256sum` (coreutils) on PATH.
-mod common;
 mod http;
 
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use chanrelay_testkit::*;
 use http::*;
 use serde_json::json;
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -26,7 +29,7 @@ const MIB: usize = 1024 * 1024;
 fn curl_downloads_256_mib_channel_checksum_matches() {
     const FRAME: usize = 64 * KIB;
     const TOTAL: usize = 256 * MIB;
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let url = chan_url(&relay, &ch, "read");
 
@@ -81,11 +84,12 @@ fn curl_downloads_256_mib_channel_checksum_matches() {
     assert_eq!(got_len, TOTAL, "bytes curl received");
     assert_eq!(got, want, "sha256 of the download");
     let mbps = TOTAL as f64 / secs / 1e6;
-    let relay_bin = std::env::var("CHANRELAY_TEST_BIN").unwrap_or_else(|_| "cargo's build".into());
+    let relay_bin = RELAY.bin();
     println!(
-        "curl download: {} MiB in {secs:.2} s = {mbps:.0} MB/s (relay: {relay_bin}; the raw WS \
+        "curl download: {} MiB in {secs:.2} s = {mbps:.0} MB/s (relay: {}; the raw WS \
          writer, 64 KiB frames, runs in this {} test process and usually limits the rate)",
         TOTAL / MIB,
+        relay_bin.display(),
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -137,7 +141,7 @@ fn curl_get_async(relay: &Relay, ch: &ChannelInfo, max_s: u32) -> std::thread::J
 
 #[test]
 fn status_and_headers_from_control_messages() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let curl = curl_get_async(&relay, &ch, 20);
     let mut w = relay.connect(&ch, "write");
@@ -197,7 +201,7 @@ fn status_and_headers_from_control_messages() {
 /// Same head checks on the raw bytes: no CR/LF injection can reach the wire at all.
 #[test]
 fn injected_crlf_never_reaches_the_wire() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -222,7 +226,7 @@ fn injected_crlf_never_reaches_the_wire() {
 
 #[test]
 fn content_length_gives_exact_identity_body() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let curl = curl_get_async(&relay, &ch, 20);
     let mut w = relay.connect(&ch, "write");
@@ -253,7 +257,7 @@ fn content_length_gives_exact_identity_body() {
 /// usable (keep-alive) afterwards.
 #[test]
 fn content_length_body_is_clipped_and_connection_reusable() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -285,7 +289,7 @@ fn content_length_body_is_clipped_and_connection_reusable() {
 
 #[test]
 fn short_content_length_body_fails_curl() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let curl = curl_get_async(&relay, &ch, 20);
     let mut w = relay.connect(&ch, "write");
@@ -308,7 +312,7 @@ fn short_content_length_body_fails_curl() {
 
 #[test]
 fn writer_drop_mid_body_fails_curl() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let curl = curl_get_async(&relay, &ch, 20);
     let mut w = relay.connect(&ch, "write");
@@ -339,7 +343,7 @@ fn writer_drop_mid_body_fails_curl() {
 /// Raw socket, writer RST: the chunked body has no last chunk and the connection ends.
 #[test]
 fn writer_reset_mid_body_leaves_no_last_chunk() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -362,7 +366,7 @@ fn writer_reset_mid_body_leaves_no_last_chunk() {
 
 #[test]
 fn writer_abort_before_head_gives_502() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);
@@ -384,7 +388,7 @@ fn writer_abort_before_head_gives_502() {
 
 #[test]
 fn writer_close_before_binary_sends_head_with_empty_body() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let curl = curl_get_async(&relay, &ch, 20);
     let mut w = relay.connect(&ch, "write");
@@ -452,7 +456,7 @@ fn check_upload_response(out: &std::process::Output, resp_file: &std::path::Path
 
 #[test]
 fn curl_upload_file_content_length_arrives_byte_exact() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let dir = temp_dir("upload-file");
     let n = 5 * MIB + 12345; // more than the 4 MiB channel buffer, not a multiple of 64 KiB
@@ -487,7 +491,7 @@ fn curl_upload_file_content_length_arrives_byte_exact() {
 
 #[test]
 fn curl_upload_stdin_chunked_arrives_byte_exact() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let dir = temp_dir("upload-stdin");
     let n = 3 * MIB + 777;
@@ -538,7 +542,7 @@ fn curl_upload_stdin_chunked_arrives_byte_exact() {
 /// interim 100 (up to its 1 s expect timeout); the relay must answer at once.
 #[test]
 fn curl_post_with_expect_100_continue() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let dir = temp_dir("upload-post");
     let data = random_bytes(100_000);
@@ -582,7 +586,7 @@ fn curl_post_with_expect_100_continue() {
 /// Raw socket: `100 Continue` arrives before any body byte is sent; then the final answer.
 #[test]
 fn raw_expect_100_continue_then_body() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let reader = spawn_ws_reader(&relay, &ch);
     let data = random_bytes(200_000);
@@ -615,7 +619,7 @@ fn raw_expect_100_continue_then_body() {
 
 #[test]
 fn upload_client_disconnect_mid_body_gives_reader_1011() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let reader = spawn_ws_reader(&relay, &ch);
     let mut c = HttpConn::connect(relay.data);
@@ -640,7 +644,7 @@ fn upload_client_disconnect_mid_body_gives_reader_1011() {
 
 #[test]
 fn sse_events_are_cut_through_one_by_one() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::connect(relay.data);
     c.get(
@@ -696,7 +700,7 @@ fn sse_events_are_cut_through_one_by_one() {
 /// A writer's own `cache-control` wins over the SSE default.
 #[test]
 fn sse_writer_cache_control_is_kept() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -715,7 +719,7 @@ fn sse_writer_cache_control_is_kept() {
 
 #[test]
 fn keep_alive_serves_sequential_channels_on_one_connection() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let chans: Vec<ChannelInfo> = (0..4).map(|_| relay.create()).collect();
     let mut c = HttpConn::connect(relay.data);
     for (i, ch) in chans.iter().enumerate() {
@@ -763,7 +767,7 @@ fn keep_alive_serves_sequential_channels_on_one_connection() {
 
 #[test]
 fn http10_client_gets_close_delimited_body() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::connect(relay.data);
     c.get(&chan_path(&ch, "read"), true, &[]);
@@ -791,7 +795,7 @@ fn http10_client_gets_close_delimited_body() {
 /// curl speaking HTTP/1.0 (`-0`) gets the whole body too.
 #[test]
 fn curl_http10_download() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let url = chan_url(&relay, &ch, "read");
     let h = std::thread::spawn(move || {
@@ -827,7 +831,7 @@ fn curl_http10_download() {
 /// An empty binary frame must not be rendered as `0\r\n\r\n` (that would end the body).
 #[test]
 fn empty_binary_frame_does_not_end_chunked_body() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -844,7 +848,7 @@ fn empty_binary_frame_does_not_end_chunked_body() {
 /// fragments still sets the head.
 #[test]
 fn fragmented_messages_are_reassembled() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -863,7 +867,7 @@ fn fragmented_messages_are_reassembled() {
 /// DESIGN §3: reader goes away → writer gets Close 1001 "reader gone" (HTTP reader too).
 #[test]
 fn http_reader_gone_gives_writer_1001() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -901,7 +905,7 @@ fn http_reader_gone_gives_writer_1001() {
 /// HTTP/1.1 pipelining: two GETs written at once are both answered, in order.
 #[test]
 fn pipelined_gets_are_both_answered() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch1 = relay.create();
     let ch2 = relay.create();
     let mut w1 = relay.connect(&ch1, "write");
@@ -931,7 +935,7 @@ fn pipelined_gets_are_both_answered() {
 
 #[test]
 fn http_refusals_are_json() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     // Wrong key → 404, same as an unknown channel.
     let r = http_request(
@@ -961,7 +965,7 @@ fn http_refusals_are_json() {
 
 #[test]
 fn empty_upload_closes_channel_cleanly() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let reader = spawn_ws_reader(&relay, &ch);
     let r = http_request(relay.data, "PUT", &chan_path(&ch, "write"), &[], Some(b""));
@@ -975,7 +979,7 @@ fn empty_upload_closes_channel_cleanly() {
 /// the answer waits until everything reached the late reader.
 #[test]
 fn upload_before_reader_waits_and_arrives_exact() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let data = random_bytes(6 * MIB + 3);
     let path = chan_path(&ch, "write");
@@ -1010,7 +1014,7 @@ fn upload_before_reader_waits_and_arrives_exact() {
 /// Keep-alive for uploads, and a chunked body with extensions and trailers.
 #[test]
 fn chunked_upload_with_extensions_then_second_upload_on_same_connection() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch1 = relay.create();
     let ch2 = relay.create();
     let r1 = spawn_ws_reader(&relay, &ch1);
@@ -1052,7 +1056,7 @@ fn chunked_upload_with_extensions_then_second_upload_on_same_connection() {
 /// The reader leaves mid-upload: the uploader must not be told 200.
 #[test]
 fn upload_reader_gone_is_not_200() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut c = HttpConn::connect(relay.data);
@@ -1086,7 +1090,7 @@ fn upload_reader_gone_is_not_200() {
 /// Both ends over HTTP: curl uploads while another curl downloads.
 #[test]
 fn curl_upload_to_curl_download() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let dir = temp_dir("http-both");
     let n = 24 * MIB + 5;
@@ -1130,7 +1134,7 @@ fn curl_upload_to_curl_download() {
 /// Pipelining after an upload: a GET written right behind a Content-Length body.
 #[test]
 fn pipelined_get_after_upload_is_answered() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let up = relay.create();
     let down = relay.create();
     let reader = spawn_ws_reader(&relay, &up);
@@ -1165,7 +1169,7 @@ fn pipelined_get_after_upload_is_answered() {
 /// reverse proxy reusing the upstream connection for someone else's request) reads those
 /// bytes as its next response.
 fn check_bodiless_status(status: u16, content_length: Option<usize>) {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     let mut w = relay.connect(&ch, "write");
@@ -1227,7 +1231,7 @@ fn status_304_with_content_length_cannot_forge_next_response() {
 #[test]
 fn informational_status_is_never_the_final_head() {
     for status in [101u16, 103] {
-        let relay = Relay::start();
+        let relay = RELAY.start();
         let ch = relay.create();
         let mut c = HttpConn::read_channel(&relay, &ch);
         let mut w = relay.connect(&ch, "write");
@@ -1249,7 +1253,7 @@ fn informational_status_is_never_the_final_head() {
 /// reader is refused 409 and the writer streams into a dead socket when it arrives.
 #[test]
 fn http_reader_leaving_before_writer_frees_the_read_end() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);
@@ -1277,7 +1281,7 @@ fn http_reader_leaving_before_writer_frees_the_read_end() {
 /// leak into the body, and the control message still applies.
 #[test]
 fn fragmented_control_message_split_across_reads() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut c = HttpConn::read_channel(&relay, &ch);
     wait_reader_connected(&relay, &ch.id);

@@ -1,14 +1,16 @@
 //! HTTP endpoints for functions (DESIGN §5.3): routes registered on the control API, the
 //! engine's event stream, one request/response channel pair per public request.
 
-mod common;
-
 use std::io::Read;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use chanrelay_testkit::*;
 use serde_json::Value;
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 fn put_routes(relay: &Relay, routes: &str) -> HttpResponse {
     relay.control("PUT", "/v1/routes", Some(routes))
@@ -43,7 +45,7 @@ fn connect_ref(relay: &Relay, r: &Value) -> Ws {
 
 #[test]
 fn routed_request_reaches_the_function_and_its_answer_reaches_the_client() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let r = put_routes(
         &relay,
         r#"[{"method":"POST","path":"files/:filename","route_id":"upload"}]"#,
@@ -107,7 +109,7 @@ fn routed_request_reaches_the_function_and_its_answer_reaches_the_client() {
 
 #[test]
 fn no_subscriber_is_503_unknown_route_is_404() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     put_routes(
         &relay,
         r#"[{"method":"GET","path":"events/stream","route_id":"sse"}]"#,
@@ -123,7 +125,7 @@ fn no_subscriber_is_503_unknown_route_is_404() {
 
 #[test]
 fn function_that_never_answers_is_504() {
-    let relay = Relay::with_config("ingress_timeout_ms = 500\n");
+    let relay = RELAY.with_config("ingress_timeout_ms = 500\n");
     put_routes(
         &relay,
         r#"[{"method":"GET","path":"slow","route_id":"slow"}]"#,
@@ -141,7 +143,7 @@ fn function_that_never_answers_is_504() {
 
 #[test]
 fn streamed_answer_arrives_as_it_is_written() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     put_routes(
         &relay,
         r#"[{"method":"GET","path":"tick","route_id":"tick"}]"#,
@@ -175,7 +177,7 @@ fn streamed_answer_arrives_as_it_is_written() {
 
 #[test]
 fn bad_route_tables_are_refused() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     for bad in [
         "{",
         r#"{"method":"GET"}"#,

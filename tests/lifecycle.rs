@@ -1,15 +1,18 @@
 //! Abnormal ends made visible (writer drop, reader drop, DELETE, TTL) and
 //! backpressure with a stalled or absent reader.
-mod common;
 
-use common::*;
+use chanrelay_testkit::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
+
 #[test]
 fn writer_tcp_drop_mid_stream_gives_reader_1011() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -30,7 +33,7 @@ fn writer_tcp_drop_mid_stream_gives_reader_1011() {
 
 #[test]
 fn writer_reset_gives_reader_1011() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -43,7 +46,7 @@ fn writer_reset_gives_reader_1011() {
 
 #[test]
 fn writer_drop_before_reader_connects_is_visible() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
     let a = random_bytes(20_000);
@@ -59,7 +62,7 @@ fn writer_drop_before_reader_connects_is_visible() {
 
 #[test]
 fn reader_drop_gives_writer_1001() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -73,7 +76,7 @@ fn reader_drop_gives_writer_1001() {
 
 #[test]
 fn delete_aborts_both_ends_with_1011() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -95,7 +98,7 @@ fn delete_aborts_both_ends_with_1011() {
 
 #[test]
 fn delete_with_only_reader_waiting() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     std::thread::sleep(Duration::from_millis(50));
@@ -109,7 +112,7 @@ fn delete_with_only_reader_waiting() {
 
 #[test]
 fn ttl_expiry_with_only_reader() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"ttl_s": 1}"#));
     let t = Instant::now();
     let mut r = relay.connect(&ch, "read");
@@ -126,7 +129,7 @@ fn ttl_expiry_with_only_reader() {
 
 #[test]
 fn ttl_expiry_with_only_writer() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"ttl_s": 1}"#));
     let t = Instant::now();
     let mut w = relay.connect(&ch, "write");
@@ -140,7 +143,7 @@ fn ttl_expiry_with_only_writer() {
 
 #[test]
 fn ttl_does_not_cut_a_paired_channel() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"ttl_s": 1}"#));
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -154,7 +157,7 @@ fn ttl_does_not_cut_a_paired_channel() {
 
 #[test]
 fn unused_channel_is_swept_after_ttl() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"ttl_s": 1}"#));
     assert_eq!(
         relay
@@ -266,7 +269,7 @@ fn push_until_stalled(
 
 #[test]
 fn stalled_reader_throttles_writer_and_bounds_buffer() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
     let mut r = relay.connect(&ch, "read");
     let w = relay.connect(&ch, "write");
@@ -284,7 +287,7 @@ fn stalled_reader_throttles_writer_and_bounds_buffer() {
 
 #[test]
 fn absent_reader_throttles_writer_and_bounds_buffer() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
     let w = relay.connect(&ch, "write");
     const TOTAL: usize = 48 * 1024 * 1024;
@@ -302,7 +305,7 @@ fn absent_reader_throttles_writer_and_bounds_buffer() {
 
 #[test]
 fn reader_close_gives_writer_1001() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -346,7 +349,7 @@ fn push_until_throttled(w: &Ws) -> std::thread::JoinHandle<()> {
 
 #[test]
 fn reader_drop_while_writer_is_throttled_gives_writer_1001() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
     let r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
@@ -361,7 +364,7 @@ fn reader_drop_while_writer_is_throttled_gives_writer_1001() {
 
 #[test]
 fn delete_while_writer_is_throttled_aborts_both() {
-    let relay = Relay::start();
+    let relay = RELAY.start();
     let ch = relay.create_with(Some(r#"{"buffer_bytes": 1048576}"#));
     let mut w = relay.connect(&ch, "write");
     let pusher = push_until_throttled(&w);

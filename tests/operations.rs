@@ -1,11 +1,13 @@
 //! Operating the relay: graceful drain on SIGTERM, signed refs, keys kept out of logs.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use chanrelay_testkit::*;
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 
 const SECRET: &str = "test-signing-secret-0123456789";
 
@@ -18,7 +20,7 @@ fn transfer(w: &mut Ws, r: &mut Ws, payload: &[u8]) {
 
 #[test]
 fn sigterm_drains_active_channels_then_exits_zero() {
-    let mut relay = Relay::with_config("drain_timeout_s = 10\n");
+    let mut relay = RELAY.with_config("drain_timeout_s = 10\n");
     let ch = relay.create();
     let idle = relay.create();
     let mut w = relay.connect(&ch, "write");
@@ -50,7 +52,7 @@ fn sigterm_drains_active_channels_then_exits_zero() {
 
 #[test]
 fn drain_deadline_closes_the_rest_with_1001() {
-    let mut relay = Relay::with_config("drain_timeout_s = 1\n");
+    let mut relay = RELAY.with_config("drain_timeout_s = 1\n");
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
     let mut r = relay.connect(&ch, "read");
@@ -71,7 +73,7 @@ fn drain_deadline_closes_the_rest_with_1001() {
 
 #[test]
 fn second_signal_exits_at_once() {
-    let mut relay = Relay::with_config("drain_timeout_s = 60\n");
+    let mut relay = RELAY.with_config("drain_timeout_s = 60\n");
     let ch = relay.create();
     let _w = relay.connect(&ch, "write");
     let _r = relay.connect(&ch, "read");
@@ -107,7 +109,7 @@ fn mint(channel_id: &str, ttl: u64, secret: &str) -> serde_json::Value {
 
 #[test]
 fn signed_refs_open_a_channel_once() {
-    let relay = Relay::with_config(&format!("signing_secret = \"{SECRET}\"\n"));
+    let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
     let refs = mint("job-signed-1", 60, SECRET);
     let key = refs["access_key"].as_str().unwrap();
     assert_eq!(refs["writer"]["direction"], "write");
@@ -149,7 +151,7 @@ fn signed_refs_open_a_channel_once() {
 
 #[test]
 fn expired_signed_ref_is_404_and_signing_is_off_without_a_secret() {
-    let relay = Relay::with_config(&format!("signing_secret = \"{SECRET}\"\n"));
+    let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
     let refs = mint("job-expiring", 1, SECRET);
     std::thread::sleep(Duration::from_millis(2100));
     let (hs, _) = relay.try_connect(
@@ -157,7 +159,7 @@ fn expired_signed_ref_is_404_and_signing_is_off_without_a_secret() {
         &[],
     );
     assert_eq!(hs.status, 404);
-    let plain = Relay::start();
+    let plain = RELAY.start();
     let refs = mint("job-x", 60, SECRET);
     let (hs, _) = plain.try_connect(
         &ws_path("job-x", refs["access_key"].as_str().unwrap(), "read"),
@@ -168,7 +170,7 @@ fn expired_signed_ref_is_404_and_signing_is_off_without_a_secret() {
 
 #[test]
 fn access_keys_never_appear_in_logs() {
-    let relay = Relay::spawn_with_env(
+    let relay = RELAY.spawn_with_env(
         Some(&format!("signing_secret = \"{SECRET}\"\n")),
         &[("CHANRELAY_LOG", "trace")],
     );
@@ -209,7 +211,7 @@ fn access_keys_never_appear_in_logs() {
 
 #[test]
 fn idle_channels_are_closed_after_the_idle_timeout() {
-    let relay = Relay::with_config("idle_timeout_s = 1\n");
+    let relay = RELAY.with_config("idle_timeout_s = 1\n");
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
     let mut r = relay.connect(&ch, "read");
@@ -232,7 +234,7 @@ fn idle_channels_are_closed_after_the_idle_timeout() {
 
 #[test]
 fn per_shard_connection_limit_is_503_before_the_upgrade() {
-    let relay = Relay::spawn(Some("max_connections_per_shard = 2\n"), 1);
+    let relay = RELAY.spawn(Some("max_connections_per_shard = 2\n"), 1);
     let a = relay.create();
     let _w = relay.connect(&a, "write");
     let _r = relay.connect(&a, "read");

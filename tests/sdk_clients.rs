@@ -5,7 +5,10 @@
 //! tests/sdk/node_modules and tests/sdk/.venv (network needed once; CI does it in .ci/run).
 //! Set CHANRELAY_SKIP_SDK_TESTS=1 to skip (e.g. offline without the deps installed).
 
+use std::path::Path;
 use std::process::Command;
+
+use chanrelay_testkit::relay_bin;
 
 #[test]
 fn real_iii_sdk_clients_against_relay() {
@@ -17,7 +20,11 @@ fn real_iii_sdk_clients_against_relay() {
     let out = Command::new("bash")
         .arg("tests/sdk/run.sh")
         .current_dir(root)
-        .env("CHANRELAY_BIN", env!("CARGO_BIN_EXE_chanrelay"))
+        // `$CHANRELAY_BIN` if set, else cargo's build of this package's binary
+        .env(
+            "CHANRELAY_BIN",
+            relay_bin(Some(Path::new(env!("CARGO_BIN_EXE_chanrelay")))).unwrap(),
+        )
         // test this binary, never a relay someone left running
         .env_remove("CHANRELAY_WS")
         .env_remove("CHANRELAY_CONTROL")

@@ -81,8 +81,9 @@ struct Global {
     /// Start the relay (`chanrelay serve` on 127.0.0.1:0) for this run.
     #[arg(long, global = true)]
     spawn: bool,
-    /// The relay binary for --spawn [default: `chanrelay` next to this binary, else
-    /// target/release/chanrelay]
+    /// The relay binary for --spawn [default: $CHANRELAY_BIN, else `chanrelay` next to this
+    /// binary, else built with `cargo build -p chanrelay --bin chanrelay` in this binary's
+    /// profile]
     #[arg(long, global = true)]
     relay_bin: Option<String>,
     /// --shards passed to the spawned relay.
@@ -239,16 +240,15 @@ enum Scenario {
     },
 }
 
-fn default_relay_bin() -> String {
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let p = dir.join("chanrelay");
-            if p.exists() {
-                return p.to_string_lossy().into_owned();
-            }
-        }
-    }
-    "target/release/chanrelay".into()
+/// The relay binary for --spawn without --relay-bin: found as the test suites find it
+/// (`chanrelay_testkit::relay_bin`), with `chanrelay` next to this binary, when there is
+/// one, as the fallback before a cargo build.
+fn default_relay_bin() -> Result<String, String> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("chanrelay")))
+        .filter(|p| p.exists());
+    chanrelay_testkit::relay_bin(beside.as_deref()).map(|p| p.to_string_lossy().into_owned())
 }
 
 fn machine() -> serde_json::Value {
@@ -309,7 +309,10 @@ fn run(cli: Cli) -> Result<(), String> {
     let relay = if !want_relay {
         None
     } else if g.spawn {
-        let bin = g.relay_bin.clone().unwrap_or_else(default_relay_bin);
+        let bin = match &g.relay_bin {
+            Some(b) => b.clone(),
+            None => default_relay_bin()?,
+        };
         let r = Relay::spawn(&bin, g.shards, g.relay_config.as_deref(), &placement)
             .map_err(|e| e.to_string())?;
         eprintln!(

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chanrelay_testkit::proc_status_field;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A set of CPU numbers, parsed from "0", "0,2", "0-3".
@@ -102,22 +103,12 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((ut + st) / clk_tck())
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmRSS:")
+    proc_status_field(pid, "VmRSS:")
 }
 
 pub fn hwm_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmHWM:")
+    proc_status_field(pid, "VmHWM:")
 }
 
 /// One sample: seconds since start, the progress counter, and the process's RSS.

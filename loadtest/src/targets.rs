@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use chanrelay_testkit::{serve_command, CONTROL_LISTENING, DATA_LISTENING};
 
 use crate::proc::{set_affinity_all_tasks, set_nice_all_tasks, CpuSet};
 use crate::ws::{self, Http, WsConn};
@@ -134,14 +137,7 @@ impl Relay {
         config: Option<&str>,
         placement: &Placement,
     ) -> io::Result<Relay> {
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-        ]);
+        let mut cmd = serve_command(Path::new(bin));
         if let Some(n) = shards {
             cmd.args(["--shards", &n.to_string()]);
         }
@@ -153,10 +149,7 @@ impl Relay {
         }
         let (child, lines) = start_system(
             &mut cmd,
-            &[
-                "chanrelay data listening on ",
-                "chanrelay control listening on ",
-            ],
+            &[DATA_LISTENING, CONTROL_LISTENING],
             Duration::from_secs(15),
             placement,
         )

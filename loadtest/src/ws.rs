@@ -5,6 +5,8 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use chanrelay_testkit::{find, read_head_into};
+
 pub const OP_CONT: u8 = 0x0;
 pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
@@ -13,8 +15,6 @@ pub const OP_PONG: u8 = 0xA;
 
 /// Socket timeouts for every client socket: nothing in the load generator blocks forever.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request/response head accepted.
-const MAX_HEAD: usize = 16 << 10;
 
 /// A tiny xorshift generator: mask keys and pattern bytes (not cryptographic; the relay
 /// only needs masks to be present).
@@ -293,29 +293,6 @@ impl Parser {
     }
 }
 
-fn read_head(s: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut tmp = [0u8; 4096];
-    loop {
-        let n = s.read(&mut tmp)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in head"));
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(p) = find(&buf, b"\r\n\r\n") {
-            let rest = buf.split_off(p + 4);
-            return Ok((buf, rest));
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(io::Error::other("head too large"));
-        }
-    }
-}
-
-fn find(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
-}
-
 /// A connected WebSocket client end: the stream and any bytes read past the handshake.
 pub struct WsConn {
     pub stream: TcpStream,
@@ -338,7 +315,8 @@ pub fn connect(addr: &str, path: &str) -> io::Result<WsConn> {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(req.as_bytes())?;
-    let (head, leftover) = read_head(&mut s)?;
+    let mut leftover = Vec::new();
+    let head = read_head_into(&mut s, &mut leftover)?;
     if !head.starts_with(b"HTTP/1.1 101") {
         let line = String::from_utf8_lossy(&head);
         let line = line.lines().next().unwrap_or("").to_string();
@@ -352,7 +330,8 @@ pub fn connect(addr: &str, path: &str) -> io::Result<WsConn> {
 
 /// Server side of the handshake for the baselines' rendezvous: returns the request path.
 pub fn accept_handshake(s: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
-    let (head, leftover) = read_head(s)?;
+    let mut leftover = Vec::new();
+    let head = read_head_into(s, &mut leftover)?;
     let text = String::from_utf8_lossy(&head);
     let line = text.lines().next().unwrap_or("");
     let path = line.split(' ').nth(1).unwrap_or("").to_string();
