@@ -1,4 +1,4 @@
-//! HTTP on the data plane, end to end (DESIGN §5.1, §5.2; issue 4 "Tests"): a channel read
+//! HTTP on the data plane, end to end: a channel read
 //! as an HTTP/1.1 response (curl and a raw-socket client), an HTTP request body written
 //! into a channel (curl `-T`), control messages shaping the head, identity bodies,
 //! truncation made visible, SSE cut-through, keep-alive and HTTP/1.0.
@@ -765,6 +765,33 @@ fn keep_alive_serves_sequential_channels_on_one_connection() {
     c.expect_eof("after Connection: close");
 }
 
+/// A keep-alive connection's next request has the head timeout to arrive, and no more than
+/// that: once it is in, its response may take far longer (here: its writer connects after
+/// three head timeouts) and still arrives whole.
+#[test]
+fn keep_alive_next_response_is_not_cut_by_the_previous_head_timeout() {
+    // One shard: no handoff between the requests (a handoff moves the socket to a new ring).
+    let relay = RELAY.spawn(Some("handshake_timeout_ms = 300\n"), 1);
+    let (first, second) = (relay.create(), relay.create());
+    let mut c = HttpConn::connect(relay.data);
+    c.get(&chan_path(&first, "read"), false, &[]);
+    let mut w = relay.connect(&first, "write");
+    w.send_binary(b"first");
+    writer_finish(&mut w, "first writer");
+    let head = c.expect_head("first response");
+    assert_eq!(head.status, 200, "{}", head.raw);
+    assert_eq!(c.read_chunked("first body").concat(), b"first");
+    // The next request comes at once; its writer only after the head timeout passed 3×.
+    c.get(&chan_path(&second, "read"), false, &[]);
+    std::thread::sleep(Duration::from_millis(900));
+    let mut w = relay.connect(&second, "write");
+    w.send_binary(b"second");
+    writer_finish(&mut w, "second writer");
+    let head = c.expect_head("second response");
+    assert_eq!(head.status, 200, "{}", head.raw);
+    assert_eq!(c.read_chunked("second body").concat(), b"second");
+}
+
 #[test]
 fn http10_client_gets_close_delimited_body() {
     let relay = RELAY.start();
@@ -864,7 +891,7 @@ fn fragmented_messages_are_reassembled() {
     assert_eq!(c.read_chunked("body").concat(), b"frag-ment!");
 }
 
-/// DESIGN §3: reader goes away → writer gets Close 1001 "reader gone" (HTTP reader too).
+/// A reader goes away → writer gets Close 1001 "reader gone" (HTTP reader too).
 #[test]
 fn http_reader_gone_gives_writer_1001() {
     let relay = RELAY.start();

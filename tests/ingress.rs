@@ -1,4 +1,4 @@
-//! HTTP endpoints for functions (DESIGN §5.3): routes registered on the control API, the
+//! HTTP endpoints for functions: routes registered on the control API, the
 //! engine's event stream, one request/response channel pair per public request.
 
 use std::io::Read;

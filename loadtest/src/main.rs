@@ -1,4 +1,4 @@
-//! `chanrelay-load`: runs one scenario against chanrelay and the two baselines of DESIGN §8
+//! `chanrelay-load`: runs one scenario against chanrelay and two baselines
 //! (`direct`: writer socket straight to reader socket; `copy-proxy`: a blocking read/write
 //! forwarder with 1 MiB reads) in one run, and prints each figure and the ratios.
 
@@ -209,8 +209,9 @@ enum Scenario {
         #[arg(long, default_value_t = 120)]
         time_limit_s: u64,
     },
-    /// K channels × S bytes downloaded as HTTP/1.1 chunked responses (DESIGN §5.1): a
-    /// WebSocket writer (64 KiB masked frames), a plain `GET` reader, every byte verified.
+    /// K channels × S bytes downloaded as HTTP/1.1 chunked responses (a channel read as an
+    /// HTTP response): a WebSocket writer (64 KiB masked frames), a plain `GET` reader, every
+    /// byte verified.
     /// Baselines: the writer sends the same chunked response itself.
     Http {
         #[arg(long, default_value_t = 1)]

@@ -410,7 +410,7 @@ impl Targets {
 
     /// Opens a (writer, reader) pair for the `http` scenario: the reader is a plain
     /// HTTP/1.1 client whose `GET` (no upgrade, `Connection: close`) is already sent. On the
-    /// relay the writer is a WebSocket writer and the relay renders the response (§5.1). On
+    /// relay the writer is a WebSocket writer and the relay renders the response. On
     /// the baselines the request travels the same path as the data (through the copy-proxy
     /// or straight) to the writer, which then sends the chunked response itself.
     pub fn open_http_pair(
