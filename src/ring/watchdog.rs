@@ -15,8 +15,6 @@ use std::cell::Cell;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use super::Conn;
 
 /// What the watchdog does to the socket when its deadline passes.
@@ -32,15 +30,25 @@ pub enum Cut {
 }
 
 struct Shared {
+    conn: Weak<Conn>,
+    cut: Cut,
     deadline: Cell<Option<Instant>>,
     fired: Cell<bool>,
     /// The handle was dropped without `detach`: stop.
     cancelled: Cell<bool>,
-    /// Wakes the task when the deadline moves (or is cancelled).
-    moved: Notify,
+    /// The sleeper in charge, by generation, and the time it wakes at. Older sleepers
+    /// that wake find they are not in charge and end.
+    sleeper: Cell<Option<(u64, Instant)>>,
+    generations: Cell<u64>,
 }
 
-/// A deadline on one connection. One task per watchdog, however often it is re-armed.
+/// A deadline on one connection.
+///
+/// Cheap to re-arm: a sleeper task wakes at the deadline it was given and looks again, so
+/// moving the deadline later (the next request of a keep-alive connection) or disarming it
+/// costs no wake-up and no task. Only a deadline earlier than the pending one starts a new
+/// sleeper. A sleeper that wakes to no deadline ends; the next `expire_in` starts another.
+/// So an idle long-lived connection carries no timer task at all.
 #[must_use = "dropping a Watchdog cancels it; call detach() to let it run on its own"]
 pub struct Watchdog {
     shared: Rc<Shared>,
@@ -50,15 +58,16 @@ pub struct Watchdog {
 impl Watchdog {
     /// A watchdog for `conn`, disarmed until `expire_in`.
     pub fn new(conn: &Rc<Conn>, cut: Cut) -> Watchdog {
-        let shared = Rc::new(Shared {
-            deadline: Cell::new(None),
-            fired: Cell::new(false),
-            cancelled: Cell::new(false),
-            moved: Notify::new(),
-        });
-        super::spawn(watch(Rc::downgrade(conn), cut, shared.clone()));
         Watchdog {
-            shared,
+            shared: Rc::new(Shared {
+                conn: Rc::downgrade(conn),
+                cut,
+                deadline: Cell::new(None),
+                fired: Cell::new(false),
+                cancelled: Cell::new(false),
+                sleeper: Cell::new(None),
+                generations: Cell::new(0),
+            }),
             cancel_on_drop: true,
         }
     }
@@ -77,14 +86,21 @@ impl Watchdog {
 
     /// (Re)arms the deadline to `after` from now.
     pub fn expire_in(&self, after: Duration) {
-        self.shared.deadline.set(Some(Instant::now() + after));
-        self.shared.moved.notify_one();
+        let deadline = Instant::now() + after;
+        let sh = &self.shared;
+        sh.deadline.set(Some(deadline));
+        if sh.sleeper.get().is_some_and(|(_, wakes)| wakes <= deadline) {
+            return; // the sleeper in charge wakes in time and looks again
+        }
+        let generation = sh.generations.get() + 1;
+        sh.generations.set(generation);
+        sh.sleeper.set(Some((generation, deadline)));
+        super::spawn(sleep(sh.clone(), generation));
     }
 
     /// No deadline until the next `expire_in`.
     pub fn disarm(&self) {
         self.shared.deadline.set(None);
-        self.shared.moved.notify_one();
     }
 
     /// Whether the deadline passed and the socket was cut.
@@ -102,39 +118,160 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         if self.cancel_on_drop {
+            // The sleeper sees it when it wakes (no wake-up needed for that).
             self.shared.cancelled.set(true);
-            self.shared.moved.notify_one();
         }
     }
 }
 
-async fn watch(conn: Weak<Conn>, cut: Cut, shared: Rc<Shared>) {
+/// A sleeper: waits for the deadline; cuts the socket if it passed, sleeps on if it moved
+/// later, ends if it was disarmed or cancelled or another sleeper took over. (Kept small:
+/// a long-lived connection's first sleeper lives as long as its first head timeout.)
+async fn sleep(sh: Rc<Shared>, generation: u64) {
     loop {
-        if shared.cancelled.get() {
-            return;
-        }
-        let Some(deadline) = shared.deadline.get() else {
-            shared.moved.notified().await;
-            continue;
+        // When this sleeper wakes is kept in `sh`, not in the future: see `size` below.
+        let wakes = match sh.sleeper.get() {
+            Some((g, wakes)) if g == generation => wakes,
+            _ => return,
         };
-        if Instant::now() < deadline {
-            // Only timers and notifications are raced here, never an I/O operation.
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = shared.moved.notified() => {}
-            }
-            continue;
-        }
-        if shared.cancelled.get() {
+        tokio::time::sleep_until(wakes.into()).await;
+        if sh.sleeper.get().is_none_or(|(g, _)| g != generation) {
             return;
         }
-        let Some(conn) = conn.upgrade() else { return };
-        shared.fired.set(true);
-        match cut {
-            Cut::Read => conn.shutdown_read(),
-            Cut::Both => conn.shutdown(),
-            Cut::Reset => conn.abort(),
+        let deadline = sh.deadline.get().filter(|_| !sh.cancelled.get());
+        match deadline {
+            Some(d) if Instant::now() < d => sh.sleeper.set(Some((generation, d))),
+            Some(_) => {
+                sh.sleeper.set(None);
+                if let Some(conn) = sh.conn.upgrade() {
+                    sh.fired.set(true);
+                    match sh.cut {
+                        Cut::Read => conn.shutdown_read(),
+                        Cut::Both => conn.shutdown(),
+                        Cut::Reset => conn.abort(),
+                    }
+                }
+                return;
+            }
+            None => {
+                sh.sleeper.set(None);
+                return;
+            }
         }
-        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(60);
+
+    /// A loopback pair: the relay's side as a `Conn`, the peer as a std socket.
+    fn pair() -> (Rc<Conn>, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        (Rc::new(Conn::from_std(ours)), peer)
+    }
+
+    /// Reads once: `Some(0)` is EOF (the watchdog cut the read side).
+    async fn read_once(conn: &Conn) -> Option<usize> {
+        conn.read_append(Vec::new(), 64).await.0.ok()
+    }
+
+    #[test]
+    fn an_armed_watchdog_cuts_a_pending_read_at_its_deadline() {
+        tokio_uring::start(async {
+            let (conn, _peer) = pair();
+            let t0 = Instant::now();
+            let dog = Watchdog::armed(&conn, Cut::Read, SHORT);
+            assert_eq!(read_once(&conn).await, Some(0));
+            assert!(dog.fired());
+            assert!(t0.elapsed() >= SHORT, "{:?}", t0.elapsed());
+        });
+    }
+
+    #[test]
+    fn a_deadline_moved_later_or_disarmed_does_not_fire_early() {
+        tokio_uring::start(async {
+            let (conn, mut peer) = pair();
+            let dog = Watchdog::armed(&conn, Cut::Read, SHORT);
+            tokio::time::sleep(SHORT / 2).await;
+            dog.expire_in(SHORT * 4);
+            tokio::time::sleep(SHORT * 2).await;
+            assert!(!dog.fired(), "fired at the old deadline");
+            dog.disarm();
+            tokio::time::sleep(SHORT * 4).await;
+            assert!(!dog.fired(), "fired while disarmed");
+            peer.write_all(b"x").unwrap();
+            assert_eq!(read_once(&conn).await, Some(1));
+            // Re-armed after a disarm: fires again.
+            dog.expire_in(SHORT);
+            assert_eq!(read_once(&conn).await, Some(0));
+            assert!(dog.fired());
+        });
+    }
+
+    #[test]
+    fn an_earlier_deadline_fires_at_once_and_a_dropped_watchdog_never() {
+        tokio_uring::start(async {
+            let (conn, _peer) = pair();
+            let dog = Watchdog::new(&conn, Cut::Read);
+            dog.expire_in(Duration::from_secs(60));
+            let t0 = Instant::now();
+            dog.expire_in(SHORT);
+            assert_eq!(read_once(&conn).await, Some(0));
+            assert!(t0.elapsed() < Duration::from_secs(10));
+
+            let (conn, mut peer) = pair();
+            drop(Watchdog::armed(&conn, Cut::Both, SHORT));
+            tokio::time::sleep(SHORT * 3).await;
+            peer.write_all(b"y").unwrap();
+            assert_eq!(
+                read_once(&conn).await,
+                Some(1),
+                "a dropped watchdog cut the socket"
+            );
+        });
+    }
+
+    #[test]
+    fn a_detached_watchdog_still_fires() {
+        tokio_uring::start(async {
+            let (conn, _peer) = pair();
+            Watchdog::cut_after(&conn, Cut::Read, SHORT);
+            assert_eq!(read_once(&conn).await, Some(0));
+        });
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// Every connection carries a sleeper for its first head timeout, so its size is paid
+    /// per idle connection. At 152 bytes its tokio task fits a 256-byte cell; a 168-byte
+    /// version took a 384-byte cell and cost 0.5 KiB per idle channel (`chanrelay-load
+    /// idle`). Growing it needs that measurement first.
+    #[test]
+    fn the_sleeper_future_stays_small() {
+        let sh = Rc::new(Shared {
+            conn: Weak::new(),
+            cut: Cut::Read,
+            deadline: Cell::new(None),
+            fired: Cell::new(false),
+            cancelled: Cell::new(false),
+            sleeper: Cell::new(None),
+            generations: Cell::new(0),
+        });
+        let future = sleep(sh, 0);
+        assert!(
+            std::mem::size_of_val(&future) <= 152,
+            "{}",
+            std::mem::size_of_val(&future)
+        );
     }
 }

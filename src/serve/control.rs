@@ -60,8 +60,13 @@ impl Handler for ControlRequests {
             }
         }
         head_dog.disarm();
-        let rest = buf.split_off(body_len);
-        let body = buf;
+        // `split_off(0)` would allocate a second buffer of the same capacity.
+        let (body, rest) = if body_len == 0 {
+            (Vec::new(), buf)
+        } else {
+            let rest = buf.split_off(body_len);
+            (buf, rest)
+        };
         let auth = head
             .headers
             .iter()

@@ -73,8 +73,11 @@ impl Handler for DataRequests {
             if shard.shared.draining.load(Relaxed) {
                 return Served::Refused(conn, Refusal::Unavailable("relay is draining"));
             }
-            // Served here: its channels are created on this shard.
-            return ingress::serve_ingress(shard, conn, head, r, params, leftover).await;
+            // Served here: its channels are created on this shard. Boxed: routed requests
+            // are the rare case, and their state would otherwise size the task of every
+            // data-plane connection (idle channels pay for it in memory).
+            let served = ingress::serve_ingress(shard, conn, head, r, params, leftover);
+            return Box::pin(served).await;
         }
         let (target, mode) = match route(shard, &head) {
             Ok(t) => t,
