@@ -35,6 +35,8 @@ struct ControlRequests {
 }
 
 impl Handler for ControlRequests {
+    const REUSE_HEAD_BUFFER: bool = true;
+
     async fn serve(
         &mut self,
         conn: Rc<Conn>,

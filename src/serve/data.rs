@@ -61,6 +61,8 @@ struct DataRequests {
 }
 
 impl Handler for DataRequests {
+    const REUSE_HEAD_BUFFER: bool = false;
+
     async fn serve(
         &mut self,
         conn: Rc<Conn>,

@@ -28,6 +28,11 @@ pub struct HeadLimits {
 /// Serves one request a listener takes. `head_dog` is the connection's watchdog, disarmed
 /// once the head is in; a handler that reads a bounded body re-arms it for that.
 pub(crate) trait Handler {
+    /// Keep the head buffer between requests. Right for many short keep-alive requests
+    /// (the control API: no allocation per request); wrong where a connection usually
+    /// serves one long request (the data plane: an idle channel end would pin it).
+    const REUSE_HEAD_BUFFER: bool;
+
     async fn serve(
         &mut self,
         conn: Rc<Conn>,
@@ -39,27 +44,41 @@ pub(crate) trait Handler {
 
 /// Reads requests on `conn` (after `initial`, bytes of the next request already read) and
 /// serves each with `handler` until the connection is done.
-pub(crate) async fn serve_requests(
+pub(crate) async fn serve_requests<H: Handler>(
     conn: Rc<Conn>,
     initial: Vec<u8>,
     limits: HeadLimits,
-    handler: &mut impl Handler,
+    handler: &mut H,
 ) {
     let mut conn = conn;
-    let mut initial = initial;
+    // The head buffer: bytes of the next request already read, then what is read for it.
+    let mut buf = initial;
     // One watchdog for the life of the connection, re-armed for every head.
     let dog = Watchdog::new(&conn, Cut::Read);
     loop {
         dog.expire_in(limits.timeout);
-        let read = read_head(&conn, std::mem::take(&mut initial), limits.max_bytes, &dog).await;
+        let read = read_head(&conn, &mut buf, limits.max_bytes, &dog).await;
         dog.disarm();
-        let (head, leftover) = match read {
+        let (head, head_len) = match read {
             Ok(h) => h,
             Err(Some(refusal)) => return refuse(&conn, refusal).await,
             Err(None) => return,
         };
+        // What follows the head travels with the request, in a buffer of its own size.
+        let leftover = buf[head_len..].to_vec();
+        buf.clear();
+        if !H::REUSE_HEAD_BUFFER {
+            buf = Vec::new();
+        }
         match handler.serve(conn, head, leftover, &dog).await {
-            Served::KeepAlive(c, rest) => (conn, initial) = (c, rest),
+            Served::KeepAlive(c, rest) => {
+                conn = c;
+                if buf.capacity() < rest.len() {
+                    buf = rest;
+                } else {
+                    buf.extend_from_slice(&rest);
+                }
+            }
             Served::Closed => return,
             Served::Refused(c, refusal) => return refuse(&c, refusal).await,
         }
@@ -75,15 +94,15 @@ pub async fn refuse(conn: &Conn, refusal: Refusal) {
     conn.shutdown();
 }
 
-/// Reads a request head, starting from bytes already read (a pipelined request).
-/// `Err(None)`: the peer went away (nothing to answer).
+/// Reads into `buf` until it holds a whole request head, starting from bytes already there
+/// (a pipelined request). Returns the head and its length in `buf`. `Err(None)`: the peer
+/// went away (nothing to answer).
 async fn read_head(
     conn: &Conn,
-    initial: Vec<u8>,
+    buf: &mut Vec<u8>,
     max: usize,
     dog: &Watchdog,
-) -> Result<(RequestHead, Vec<u8>), Option<Refusal>> {
-    let mut buf = initial;
+) -> Result<(RequestHead, usize), Option<Refusal>> {
     // Bytes of a pipelined request may already be here: parse those before reading.
     let mut need_read = buf.is_empty();
     loop {
@@ -92,8 +111,8 @@ async fn read_head(
                 return Err(Some(Refusal::HeadTooLarge));
             }
             let room = HEAD_READ_BYTES.max(buf.len()).min(max - buf.len());
-            let (res, b) = conn.read_append(buf, room).await;
-            buf = b;
+            let (res, b) = conn.read_append(std::mem::take(buf), room).await;
+            *buf = b;
             match res {
                 Ok(0) | Err(_) if dog.fired() => return Err(Some(Refusal::Timeout)),
                 Ok(0) | Err(_) => return Err(None),
@@ -101,9 +120,9 @@ async fn read_head(
             }
         }
         need_read = true;
-        match parse_request_head(&buf) {
+        match parse_request_head(buf) {
             Ok(None) => continue,
-            Ok(Some((head, n))) => return Ok((head, buf[n..].to_vec())),
+            Ok(Some((head, n))) => return Ok((head, n)),
             Err(HeadError::TooManyHeaders) => return Err(Some(Refusal::HeadTooLarge)),
             Err(HeadError::Malformed(m)) => return Err(Some(Refusal::BadRequest(m))),
         }
