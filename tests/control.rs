@@ -297,3 +297,37 @@ fn one_control_connection_spreads_channels_over_shards() {
         "channels per shard: {per_shard:?}"
     );
 }
+
+/// Both listeners read requests the same way: a keep-alive connection that goes idle past
+/// the head timeout is closed without an answer (a client that sends its next request at
+/// that moment must not read a 408 as the answer to it), while a client that stops in the
+/// middle of a head gets `408`.
+#[test]
+fn idle_keep_alive_connections_close_quietly_and_half_heads_get_408() {
+    let relay = RELAY.with_config("handshake_timeout_ms = 300\n");
+    // Control listener: one request, then idle.
+    let mut s = tcp_connect(relay.control);
+    assert_eq!(request_on(&mut s, "GET", "/healthz", b"").status, 200);
+    expect_eof(&mut s, "control: idle keep-alive connection");
+    // Data plane: a channel read over HTTP (keep-alive), then idle.
+    let ch = relay.create();
+    let mut c = HttpConn::read_channel(&relay, &ch);
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(b"x");
+    writer_finish(&mut w, "writer");
+    assert_eq!(c.expect_head("response").status, 200);
+    assert_eq!(c.read_chunked("body").concat(), b"x");
+    c.expect_eof("data: idle keep-alive connection");
+    for (listener, addr) in [("control", relay.control), ("data", relay.data)] {
+        let mut s = tcp_connect(addr);
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut got);
+        assert_eq!(
+            status_of(&got),
+            Some(408),
+            "{listener}: {}",
+            head_text(&got)
+        );
+    }
+}

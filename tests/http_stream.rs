@@ -792,6 +792,35 @@ fn keep_alive_next_response_is_not_cut_by_the_previous_head_timeout() {
     assert_eq!(c.read_chunked("second body").concat(), b"second");
 }
 
+/// A channel deleted after its HTTP response was complete, while the connection waits for
+/// its next request: the close timeout that deletion arms for the channel's reader belongs
+/// to that channel, not to the next response on the same connection.
+#[test]
+fn keep_alive_next_response_is_not_cut_by_the_previous_channels_close_timeout() {
+    // One shard: no handoff between the requests (a handoff moves the socket to a new ring).
+    let relay = RELAY.spawn(None, 1);
+    let (first, second) = (relay.create(), relay.create());
+    let mut c = HttpConn::connect(relay.data);
+    c.get(&chan_path(&first, "read"), false, &[]);
+    let mut w = relay.connect(&first, "write");
+    w.send_binary(b"first");
+    writer_finish(&mut w, "first writer");
+    assert_eq!(c.expect_head("first response").status, 200);
+    assert_eq!(c.read_chunked("first body").concat(), b"first");
+    // Deleted while the connection waits for its next request.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(relay.delete(&first.id), 204);
+    c.get(&chan_path(&second, "read"), false, &[]);
+    let mut w = relay.connect(&second, "write");
+    // Past the close timeout (5 s) of the deleted channel's reader.
+    std::thread::sleep(Duration::from_secs(6));
+    w.send_binary(b"second");
+    writer_finish(&mut w, "second writer");
+    let head = c.expect_head("second response");
+    assert_eq!(head.status, 200, "{}", head.raw);
+    assert_eq!(c.read_chunked("second body").concat(), b"second");
+}
+
 #[test]
 fn http10_client_gets_close_delimited_body() {
     let relay = RELAY.start();

@@ -11,13 +11,30 @@ use tokio_uring::net::TcpStream;
 
 pub struct Conn {
     stream: TcpStream,
+    /// Which request the connection serves (keep-alive): deadlines armed for an earlier
+    /// one no longer apply (see `Watchdog`).
+    request: std::cell::Cell<u32>,
 }
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Conn {
         // Both sides stream small frames too; never let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        Conn { stream }
+        Conn {
+            stream,
+            request: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The connection goes on to its next request: watchdogs armed before now (a close
+    /// timeout of the channel end it served, say) no longer touch it.
+    pub fn next_request(&self) {
+        self.request.set(self.request.get().wrapping_add(1));
+    }
+
+    /// The number of the request the connection serves, for `Watchdog`.
+    pub fn request(&self) -> u32 {
+        self.request.get()
     }
 
     /// Adopts a connection handed over from another shard.

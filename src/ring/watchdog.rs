@@ -8,8 +8,10 @@
 //! sees `fired()`.
 //!
 //! The watchdog holds only a weak reference: a connection that is gone (or was unwrapped
-//! from its `Rc` to be handed to another thread) is never touched. Dropping the handle
-//! cancels it, unless it was `detach`ed.
+//! from its `Rc` to be handed to another thread) is never touched. Nor is a connection
+//! that has gone on to another keep-alive request (`Conn::next_request`) since the deadline
+//! was set: a deadline belongs to the request it was armed for. Dropping the handle cancels
+//! it, unless it was `detach`ed.
 
 use std::cell::Cell;
 use std::rc::{Rc, Weak};
@@ -33,6 +35,8 @@ struct Shared {
     conn: Weak<Conn>,
     cut: Cut,
     deadline: Cell<Option<Instant>>,
+    /// The connection's request number when the deadline was set.
+    request: Cell<u32>,
     fired: Cell<bool>,
     /// The handle was dropped without `detach`: stop.
     cancelled: Cell<bool>,
@@ -63,6 +67,7 @@ impl Watchdog {
                 conn: Rc::downgrade(conn),
                 cut,
                 deadline: Cell::new(None),
+                request: Cell::new(conn.request()),
                 fired: Cell::new(false),
                 cancelled: Cell::new(false),
                 sleeper: Cell::new(None),
@@ -89,6 +94,9 @@ impl Watchdog {
         let deadline = Instant::now() + after;
         let sh = &self.shared;
         sh.deadline.set(Some(deadline));
+        if let Some(conn) = sh.conn.upgrade() {
+            sh.request.set(conn.request());
+        }
         if sh.sleeper.get().is_some_and(|(_, wakes)| wakes <= deadline) {
             return; // the sleeper in charge wakes in time and looks again
         }
@@ -143,7 +151,8 @@ async fn sleep(sh: Rc<Shared>, generation: u64) {
             Some(d) if Instant::now() < d => sh.sleeper.set(Some((generation, d))),
             Some(_) => {
                 sh.sleeper.set(None);
-                if let Some(conn) = sh.conn.upgrade() {
+                let conn = sh.conn.upgrade();
+                if let Some(conn) = conn.filter(|c| c.request() == sh.request.get()) {
                     sh.fired.set(true);
                     match sh.cut {
                         Cut::Read => conn.shutdown_read(),
@@ -239,6 +248,26 @@ mod tests {
     }
 
     #[test]
+    fn a_deadline_of_an_earlier_request_does_not_touch_the_next_one() {
+        tokio_uring::start(async {
+            let (conn, mut peer) = pair();
+            Watchdog::cut_after(&conn, Cut::Both, SHORT);
+            conn.next_request();
+            tokio::time::sleep(SHORT * 3).await;
+            peer.write_all(b"z").unwrap();
+            assert_eq!(
+                read_once(&conn).await,
+                Some(1),
+                "cut by the previous request's deadline"
+            );
+            // A watchdog re-armed for the new request does fire.
+            let dog = Watchdog::armed(&conn, Cut::Read, SHORT);
+            assert_eq!(read_once(&conn).await, Some(0));
+            assert!(dog.fired());
+        });
+    }
+
+    #[test]
     fn a_detached_watchdog_still_fires() {
         tokio_uring::start(async {
             let (conn, _peer) = pair();
@@ -262,6 +291,7 @@ mod size {
             conn: Weak::new(),
             cut: Cut::Read,
             deadline: Cell::new(None),
+            request: Cell::new(0),
             fired: Cell::new(false),
             cancelled: Cell::new(false),
             sleeper: Cell::new(None),

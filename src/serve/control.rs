@@ -1,8 +1,7 @@
 //! A control-API connection: the same request loop as the data plane, with
-//! `Content-Length` bodies (bounded) read before the request is handed to the API's routes,
-//! and `GET /v1/events` upgraded to the event stream. Every shard accepts control
-//! connections, so a channel is created on the shard that took the request, with no hop to
-//! another thread.
+//! `Content-Length` bodies (bounded, under the head's deadline) read before the request is
+//! handed to the API's routes, and `GET /v1/events` upgraded to the event stream. Every
+//! shard accepts control connections; where a new channel goes is `control::api`'s choice.
 
 use std::rc::Rc;
 
@@ -25,13 +24,12 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
         max_bytes: cfg.max_head_bytes,
         timeout: cfg.handshake_timeout(),
     };
-    let mut requests = ControlRequests { shard, limits };
+    let mut requests = ControlRequests { shard };
     serve_requests(Rc::new(conn), Vec::new(), limits, &mut requests).await
 }
 
 struct ControlRequests {
     shard: Rc<Shard>,
-    limits: HeadLimits,
 }
 
 impl Handler for ControlRequests {
@@ -52,8 +50,7 @@ impl Handler for ControlRequests {
         if body_len > MAX_CONTROL_BODY_BYTES {
             return Served::Refused(conn, Refusal::BodyTooLarge);
         }
-        // The body has the same time to arrive as a head.
-        head_dog.expire_in(self.limits.timeout);
+        // Head and body share one deadline: `head_dog` is still armed.
         while buf.len() < body_len {
             let (res, b) = conn.read_append(buf, BODY_READ_BYTES).await;
             buf = b;

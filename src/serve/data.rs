@@ -68,8 +68,10 @@ impl Handler for DataRequests {
         conn: Rc<Conn>,
         head: RequestHead,
         leftover: Vec<u8>,
-        _head_dog: &Watchdog,
+        head_dog: &Watchdog,
     ) -> Served {
+        // The request is in: what follows (a stream, an upload) has its own limits.
+        head_dog.disarm();
         let shard = &self.dispatch.shard;
         if let Some((r, params)) = ingress_route(shard, &head) {
             if shard.shared.draining.load(Relaxed) {

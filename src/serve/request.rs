@@ -25,8 +25,10 @@ pub struct HeadLimits {
     pub timeout: Duration,
 }
 
-/// Serves one request a listener takes. `head_dog` is the connection's watchdog, disarmed
-/// once the head is in; a handler that reads a bounded body re-arms it for that.
+/// Serves one request a listener takes. `head_dog` is the connection's watchdog, still
+/// armed with the head's deadline: the handler disarms it once the request is in (a
+/// handler that reads a bounded body first leaves it armed until then, so head and body
+/// share one deadline).
 pub(crate) trait Handler {
     /// Keep the head buffer between requests. Right for many short keep-alive requests
     /// (the control API: no allocation per request); wrong where a connection usually
@@ -58,7 +60,6 @@ pub(crate) async fn serve_requests<H: Handler>(
     loop {
         dog.expire_in(limits.timeout);
         let read = read_head(&conn, &mut buf, limits.max_bytes, &dog).await;
-        dog.disarm();
         let (head, head_len) = match read {
             Ok(h) => h,
             Err(Some(refusal)) => return refuse(&conn, refusal).await,
@@ -73,6 +74,8 @@ pub(crate) async fn serve_requests<H: Handler>(
         match handler.serve(conn, head, leftover, &dog).await {
             Served::KeepAlive(c, rest) => {
                 conn = c;
+                // Deadlines armed while serving that request do not apply to the next.
+                conn.next_request();
                 if buf.capacity() < rest.len() {
                     buf = rest;
                 } else {
@@ -114,7 +117,15 @@ async fn read_head(
             let (res, b) = conn.read_append(std::mem::take(buf), room).await;
             *buf = b;
             match res {
-                Ok(0) | Err(_) if dog.fired() => return Err(Some(Refusal::Timeout)),
+                // A client in the middle of a head is told; an idle keep-alive connection
+                // (nothing sent) is just closed, as a client expects of an idle one.
+                Ok(0) | Err(_) if dog.fired() && !buf.is_empty() => {
+                    return Err(Some(Refusal::Timeout))
+                }
+                Ok(0) | Err(_) if dog.fired() => {
+                    conn.shutdown();
+                    return Err(None);
+                }
                 Ok(0) | Err(_) => return Err(None),
                 Ok(_) => {}
             }
