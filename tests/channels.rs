@@ -559,3 +559,119 @@ fn last_data_close_and_fin_reach_the_reader_in_one_segment() {
     r.send_close(1000, "");
     expect_close_reply(&mut w, "writer");
 }
+
+/// One writer per socket: a reader that reads slowly through a small receive buffer and
+/// pings often, while the writer streams sequence-numbered frames, gets every frame and
+/// every Pong whole — a Pong is never written into the middle of a data write that the
+/// relay had to finish in several pieces.
+#[test]
+fn pongs_never_interleave_with_data_to_a_slow_pinging_reader() {
+    use std::io::Write;
+    const FRAME: usize = 16 << 10;
+    const FRAMES: u64 = 1536; // 24 MiB a run
+    let relay = RELAY.start();
+    for run in 0..3 {
+        let ch = relay.create();
+        // The reader first, with a small receive buffer (set before connecting, so the
+        // window stays small and the relay's writes to it stay partial).
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        sock.connect(&relay.data.into()).expect("connect");
+        let mut s: std::net::TcpStream = sock.into();
+        let path = ws_path(&ch.id, &ch.key, "read");
+        let key = random_ws_key();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut rest = Vec::new();
+        let head = Head::expect(&read_head_into(&mut s, &mut rest).expect("101"));
+        assert_eq!(head.status, 101);
+        assert!(
+            rest.is_empty(),
+            "nothing may follow the 101 before the writer exists"
+        );
+        let mut r = ws_from_stream(s);
+        let writer = {
+            let relay_data = relay.data;
+            let path = ws_path(&ch.id, &ch.key, "write");
+            std::thread::spawn(move || {
+                let mut w = ws_connect(relay_data, &path);
+                let mut payload = vec![0u8; FRAME];
+                for seq in 0..FRAMES {
+                    fill_frame(&mut payload, seq);
+                    w.send_binary(&payload);
+                    // Paced: the relay's queue runs empty, so it writes chunks to the
+                    // reader straight from the writer's loop, next to its Pongs.
+                    if seq % 8 == 7 {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                }
+                writer_finish(&mut w, "writer");
+            })
+        };
+        let (mut next_seq, mut pings_sent, mut last_pong) = (0u64, 0u64, None::<u64>);
+        let mut expected = vec![0u8; FRAME];
+        loop {
+            // A ping every few frames, and now and then a pause: the relay's writes to
+            // this socket back up and have to be finished in pieces.
+            if next_seq % 4 == 0 && pings_sent < next_seq / 4 + 1 {
+                r.send_ping(&pings_sent.to_be_bytes());
+                pings_sent += 1;
+                // Stop reading a moment after the ping: the socket fills while the Pong
+                // and the next chunk both wait to be written.
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            let f = r.read_frame().unwrap_or_else(|e| {
+                panic!("run {run}: frame after seq {next_seq}: {e} (a corrupt stream)")
+            });
+            match f.opcode {
+                OP_BINARY => {
+                    fill_frame(&mut expected, next_seq);
+                    assert!(
+                        f.fin && f.payload == expected,
+                        "run {run}: frame {next_seq} corrupt ({} bytes, starts {:?})",
+                        f.payload.len(),
+                        &f.payload[..f.payload.len().min(8)]
+                    );
+                    next_seq += 1;
+                }
+                OP_PONG => {
+                    let n = u64::from_be_bytes(
+                        f.payload
+                            .as_slice()
+                            .try_into()
+                            .unwrap_or_else(|_| panic!("run {run}: pong payload {:?}", f.payload)),
+                    );
+                    assert!(n < pings_sent, "run {run}: pong {n} for a ping never sent");
+                    assert!(
+                        last_pong.is_none_or(|l| n > l),
+                        "run {run}: pong {n} out of order"
+                    );
+                    last_pong = Some(n);
+                }
+                OP_CLOSE => {
+                    assert_eq!(f.close_code().0, 1000, "run {run}");
+                    break;
+                }
+                op => panic!("run {run}: unexpected opcode {op}"),
+            }
+        }
+        assert_eq!(next_seq, FRAMES, "run {run}: frames received");
+        assert!(last_pong.is_some(), "run {run}: no pong at all");
+        writer.join().expect("writer thread");
+        r.send_close(1000, "");
+        r.expect_eof(&format!("run {run}: after Close"));
+    }
+}
+
+/// A frame's payload: its sequence number, then bytes derived from it.
+fn fill_frame(buf: &mut [u8], seq: u64) {
+    buf[..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in buf[8..].iter_mut().enumerate() {
+        *b = (seq as u8).wrapping_mul(31).wrapping_add(i as u8);
+    }
+}

@@ -55,8 +55,8 @@ pub struct ChannelState {
     /// The relay is ending the reader's connection (its Close sent, or its TCP about to be
     /// cut): what the reader does after that is not "reader gone".
     pub reader_close_sent: bool,
-    /// Data is being written to the reader right now (by its sender, or by the writer's
-    /// loop handing a chunk straight over).
+    /// A write to the reader's socket is in flight: data (by its sender, or by the writer's
+    /// loop handing a chunk straight over) or Pongs. At most one at a time.
     pub reader_busy: bool,
     /// The reader speaks WebSocket (not an HTTP response).
     pub reader_is_ws: bool,
@@ -100,6 +100,19 @@ pub struct Channel {
     /// For a channel created from a signed ref: the ref's expiry (unix seconds). Until
     /// then the id may not be created again.
     pub signed_expiry: Cell<Option<u64>>,
+}
+
+impl ChannelState {
+    /// Whether the writer's loop may write a chunk to the reader itself: a WebSocket reader
+    /// with nothing queued, nothing being written to it, no Pong owed, and the stream not
+    /// ended.
+    pub fn reader_takes_direct_send(&self) -> bool {
+        self.reader_is_ws
+            && self.queue.is_empty()
+            && !self.reader_busy
+            && self.reader_pongs.is_empty()
+            && self.end.is_none()
+    }
 }
 
 impl Channel {

@@ -211,11 +211,7 @@ async fn forward(shard: &Shard, ch: &Channel, chunk: Chunk) {
     }
     let reader = {
         let mut st = ch.state.borrow_mut();
-        let idle = st.reader_is_ws
-            && st.queue.is_empty()
-            && !st.reader_busy
-            && st.reader_pongs.is_empty()
-            && st.end.is_none();
+        let idle = st.reader_takes_direct_send();
         let reader = st.reader_conn.clone().filter(|_| idle);
         if reader.is_some() {
             // Taken as if the sender had popped it.
@@ -296,6 +292,10 @@ pub fn next_for_reader(ch: &Channel, pongs: bool) -> Next {
     }
     if pongs && st.reader_at_boundary && !st.reader_pongs.is_empty() {
         st.reader_pongs_count = 0;
+        // One write at a time on the reader's socket: the writer's loop must not hand a
+        // chunk straight over while these Pongs are being written (a write that needs
+        // several submissions would interleave with them).
+        st.reader_busy = true;
         return Next::Pong(std::mem::take(&mut st.reader_pongs));
     }
     if let Some(c) = st.queue.pop_front() {
@@ -323,7 +323,9 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
         match next_for_reader(ch, true) {
             Next::Wait => ch.reader_wake.notified().await,
             Next::Pong(frames) => {
-                if conn.write_all(frames).await.is_err() {
+                let res = conn.write_all(frames).await;
+                ch.state.borrow_mut().reader_busy = false;
+                if res.is_err() {
                     ch.finish(StreamEnd::ReaderGone);
                 }
             }
@@ -439,4 +441,32 @@ async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, lef
         }
     }
     ch.reader_done.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::{server_frame, Opcode};
+
+    /// One write at a time on a reader's socket: while the sender writes Pongs, the writer's
+    /// loop may not write a chunk to the same socket; once they are out, it may again.
+    #[test]
+    fn no_direct_send_while_pongs_are_being_written() {
+        let ch = Channel::new("c".into(), "k".into(), 1 << 20);
+        {
+            let mut st = ch.state.borrow_mut();
+            st.reader_is_ws = true;
+            st.reader_pongs = server_frame(Opcode::Pong, b"p");
+            st.reader_pongs_count = 1;
+            assert!(!st.reader_takes_direct_send(), "a Pong is owed first");
+        }
+        assert!(matches!(next_for_reader(&ch, true), Next::Pong(_)));
+        assert!(
+            !ch.state.borrow().reader_takes_direct_send(),
+            "a chunk would be written while the Pong is in flight"
+        );
+        assert!(matches!(next_for_reader(&ch, true), Next::Wait));
+        ch.state.borrow_mut().reader_busy = false; // the Pong went out
+        assert!(ch.state.borrow().reader_takes_direct_send());
+    }
 }
