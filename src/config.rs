@@ -50,6 +50,10 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
 pub const MIN_SIGNING_SECRET_BYTES: usize = 16;
 /// Largest control-API request body.
 pub const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
+/// Most shards (threads, each with its ring and listeners) a relay runs.
+pub const MAX_SHARDS: usize = 1024;
+/// Smallest `read_buffer_bytes`.
+pub const MIN_READ_BUFFER_BYTES: usize = 4 << 10;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,6 +138,9 @@ impl Config {
             MAX_BUFFER_BYTES as u64,
         )?;
         in_range("ttl_s", self.ttl_s, 1, MAX_TTL_S)?;
+        in_range("shards", self.shards as u64, 0, MAX_SHARDS as u64)?;
+        in_range("idle_timeout_s", self.idle_timeout_s, 1, 7 * 86_400)?;
+        in_range("ingress_timeout_ms", self.ingress_timeout_ms, 10, 3_600_000)?;
         in_range("max_frame_bytes", self.max_frame_bytes, 125, 1 << 40)?;
         in_range("max_head_bytes", self.max_head_bytes as u64, 1024, 1 << 20)?;
         in_range(
@@ -149,9 +156,15 @@ impl Config {
             10_000_000,
         )?;
         in_range(
+            "max_connections_per_shard",
+            self.max_connections_per_shard as u64,
+            1,
+            10_000_000,
+        )?;
+        in_range(
             "read_buffer_bytes",
             self.read_buffer_bytes as u64,
-            SMALL_READ_BYTES as u64,
+            MIN_READ_BUFFER_BYTES as u64,
             16 << 20,
         )?;
         in_range("drain_timeout_s", self.drain_timeout_s, 0, 86_400)?;
@@ -170,6 +183,17 @@ impl Config {
             1 << 20,
             1 << 40,
         )?;
+        if self
+            .control_token
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(
+                "control_token must be non-empty printable ASCII without spaces (it is sent \
+                 as `Authorization: Bearer <token>`)"
+                    .into(),
+            );
+        }
         if !self.path_prefix.is_empty()
             && (!self.path_prefix.starts_with('/') || self.path_prefix.ends_with('/'))
         {
@@ -213,5 +237,36 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    /// Every key with a range is checked against it, and the error names the key.
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let cases: &[(&str, &str)] = &[
+            ("buffer_bytes = 0", "buffer_bytes"),
+            ("ttl_s = 0", "ttl_s"),
+            ("ttl_s = 100000000", "ttl_s"),
+            ("shards = 100000", "shards"),
+            ("idle_timeout_s = 0", "idle_timeout_s"),
+            ("idle_timeout_s = 99999999999", "idle_timeout_s"),
+            ("ingress_timeout_ms = 0", "ingress_timeout_ms"),
+            ("handshake_timeout_ms = 0", "handshake_timeout_ms"),
+            ("max_connections = 0", "max_connections"),
+            ("max_connections_per_shard = 0", "max_connections_per_shard"),
+            ("read_buffer_bytes = 2048", "read_buffer_bytes"),
+            ("max_head_bytes = 10", "max_head_bytes"),
+            ("max_frame_bytes = 1", "max_frame_bytes"),
+            ("drain_timeout_s = 99999999", "drain_timeout_s"),
+            ("stream_budget_bytes = 1", "stream_budget_bytes"),
+            ("signing_secret = \"short\"", "signing_secret"),
+            ("control_token = \"\"", "control_token"),
+            ("control_token = \"a b\"", "control_token"),
+            ("path_prefix = \"relay\"", "path_prefix"),
+        ];
+        for (toml_line, key) in cases {
+            let c: Config = toml::from_str(toml_line).expect(toml_line);
+            let err = c.validate().expect_err(toml_line);
+            assert!(err.contains(key), "{toml_line}: {err}");
+        }
     }
 }

@@ -202,3 +202,34 @@ fn random_body(n: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A path parameter is handed to a function as the path segment it was: `+` stays `+`, and
+/// a segment whose decoding would smuggle a `/` or a NUL into the parameter is refused
+/// with 400 before any function hears of it.
+#[test]
+fn path_parameters_keep_plus_and_refuse_encoded_separators() {
+    let relay = RELAY.start();
+    put_routes(
+        &relay,
+        r#"[{"method":"GET","path":"files/:name","route_id":"get"}]"#,
+    );
+    let mut ev = subscribe(&relay);
+    for bad in [
+        "/files/..%2Fetc%2Fpasswd",
+        "/files/a%2fb",
+        "/files/a%00b",
+        "/files/a%zz",
+    ] {
+        let r = http_request(relay.data, "GET", bad, &[], None);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let data = relay.data;
+    let client = thread::spawn(move || http_request(data, "GET", "/files/a+b%2Bc", &[], None));
+    // The first event is this request: none was published for the refused ones.
+    let e = next_event(&mut ev);
+    assert_eq!(e["path_params"]["name"], "a+b+c", "{e}");
+    let mut resp = connect_ref(&relay, &e["response"]);
+    resp.send_binary(b"ok");
+    resp.send_close(1000, "");
+    assert_eq!(client.join().unwrap().text(), "ok");
+}

@@ -2,7 +2,6 @@
 //! registered HTTP route, or a refusal), hand it to the shard that owns its channel, and
 //! there claim the channel end and serve it as a WebSocket or plain HTTP end.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -16,7 +15,7 @@ use crate::http::writer::run_http_writer;
 use crate::http::{ingress, Served};
 use crate::ring::{Conn, Watchdog};
 use crate::wire::head::{Method, RequestHead};
-use crate::wire::ingress::{find_route, IngressRoute};
+use crate::wire::ingress::{find_route, IngressRoute, PathParams};
 use crate::wire::response::switching_protocols;
 use crate::wire::route::{
     channel_id_from_path, parse_target, ChannelTarget, Direction, RouteError,
@@ -74,6 +73,10 @@ impl Handler for DataRequests {
         head_dog.disarm();
         let shard = &self.dispatch.shard;
         if let Some((r, params)) = ingress_route(shard, &head) {
+            let params = match params {
+                Ok(p) => p,
+                Err(e) => return Served::Refused(conn, Refusal::BadRequest(e.reason())),
+            };
             if shard.shared.draining.load(Relaxed) {
                 return Served::Refused(conn, Refusal::Unavailable("relay is draining"));
             }
@@ -115,10 +118,7 @@ impl Handler for DataRequests {
 }
 
 /// A registered HTTP route matching a request that is not for a channel path.
-fn ingress_route(
-    shard: &Shard,
-    head: &RequestHead,
-) -> Option<(IngressRoute, BTreeMap<String, String>)> {
+fn ingress_route(shard: &Shard, head: &RequestHead) -> Option<(IngressRoute, PathParams)> {
     let prefix = &shard.config().path_prefix;
     if channel_id_from_path(&head.path, prefix).is_ok()
         || head.path.starts_with(&format!("{prefix}/ws/channels/"))

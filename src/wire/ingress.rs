@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::route::percent_decode;
+use super::route::{decode_path_segment, percent_decode, SegmentError};
 
 /// Most routes a relay holds.
 pub const MAX_ROUTES: usize = 1024;
@@ -69,8 +69,10 @@ impl IngressRoute {
         })
     }
 
-    /// Matches `method` and a request `path` (before `?`); returns the path parameters.
-    pub fn matches(&self, method: &str, path: &str) -> Option<BTreeMap<String, String>> {
+    /// Matches `method` and a request `path` (before `?`); returns the path parameters, or
+    /// why one of them cannot be handed to a function (the request is then refused, not
+    /// passed on with a smuggled separator).
+    pub fn matches(&self, method: &str, path: &str) -> Option<PathParams> {
         if !self.method.eq_ignore_ascii_case(method) {
             return None;
         }
@@ -82,26 +84,36 @@ impl IngressRoute {
         if parts.len() != self.segments.len() {
             return None;
         }
+        if self
+            .segments
+            .iter()
+            .zip(&parts)
+            .any(|(seg, part)| matches!(seg, Segment::Literal(l) if l != part))
+        {
+            return None;
+        }
         let mut params = BTreeMap::new();
         for (seg, part) in self.segments.iter().zip(parts) {
-            match seg {
-                Segment::Literal(l) if l == part => {}
-                Segment::Literal(_) => return None,
-                Segment::Param(name) => {
-                    params.insert(name.clone(), percent_decode(part)?);
-                }
+            if let Segment::Param(name) = seg {
+                match decode_path_segment(part) {
+                    Ok(v) => params.insert(name.clone(), v),
+                    Err(e) => return Some(Err(e)),
+                };
             }
         }
-        Some(params)
+        Some(Ok(params))
     }
 }
+
+/// A matched route's path parameters, or why one cannot be handed to a function.
+pub type PathParams = Result<BTreeMap<String, String>, SegmentError>;
 
 /// Finds the first route matching the request.
 pub fn find_route<'a>(
     routes: &'a [IngressRoute],
     method: &str,
     path: &str,
-) -> Option<(&'a IngressRoute, BTreeMap<String, String>)> {
+) -> Option<(&'a IngressRoute, PathParams)> {
     routes
         .iter()
         .find_map(|r| r.matches(method, path).map(|p| (r, p)))
@@ -136,8 +148,18 @@ mod tests {
     #[test]
     fn matches_params_and_literals() {
         let r = route("GET", "files/:filename");
-        let p = r.matches("GET", "/files/report%20q1.pdf").unwrap();
+        let p = r.matches("GET", "/files/report%20q1.pdf").unwrap().unwrap();
         assert_eq!(p["filename"], "report q1.pdf");
+        let p = r.matches("GET", "/files/a+b").unwrap().unwrap();
+        assert_eq!(p["filename"], "a+b", "'+' in a path is a plus sign");
+        assert_eq!(
+            r.matches("GET", "/files/..%2Fetc%2Fpasswd"),
+            Some(Err(SegmentError::Separator))
+        );
+        assert_eq!(
+            r.matches("GET", "/files/a%00"),
+            Some(Err(SegmentError::Separator))
+        );
         assert!(r.matches("POST", "/files/x").is_none());
         assert!(r.matches("GET", "/files").is_none());
         assert!(r.matches("GET", "/files/a/b").is_none());

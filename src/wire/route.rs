@@ -121,9 +121,76 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Why a path segment cannot be handed to a function as a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentError {
+    /// A `%` not followed by two hex digits, or bytes that are not UTF-8 once decoded.
+    BadEncoding,
+    /// `%2F` decodes to `/` (a parameter would smuggle a path separator) or `%00` to NUL.
+    Separator,
+}
+
+impl SegmentError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            SegmentError::BadEncoding => "bad percent-encoding in a path parameter",
+            SegmentError::Separator => "a path parameter may not contain an encoded '/' or NUL",
+        }
+    }
+}
+
+/// Decodes one path segment (RFC 3986: `%XX` only — `+` is a plus sign in a path, not a
+/// space as in a query string). An encoded `/` or NUL is refused.
+pub fn decode_path_segment(s: &str) -> Result<String, SegmentError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .ok_or(SegmentError::BadEncoding)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| SegmentError::BadEncoding)?;
+            let v = u8::from_str_radix(hex, 16).map_err(|_| SegmentError::BadEncoding)?;
+            if v == b'/' || v == 0 {
+                return Err(SegmentError::Separator);
+            }
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| SegmentError::BadEncoding)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_decode_without_plus_and_refuse_separators() {
+        assert_eq!(decode_path_segment("q%201.csv").unwrap(), "q 1.csv");
+        assert_eq!(decode_path_segment("a+b").unwrap(), "a+b");
+        assert_eq!(decode_path_segment("%2B").unwrap(), "+");
+        assert_eq!(decode_path_segment("caf%C3%A9").unwrap(), "café");
+        for sep in ["a%2Fb", "a%2fb", "%00", "x%00"] {
+            assert_eq!(
+                decode_path_segment(sep),
+                Err(SegmentError::Separator),
+                "{sep}"
+            );
+        }
+        for bad in ["%", "%2", "%zz", "%C3"] {
+            assert_eq!(
+                decode_path_segment(bad),
+                Err(SegmentError::BadEncoding),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn percent_escapes_need_two_hex_digits() {
