@@ -84,14 +84,18 @@ pub enum StreamEnd {
     ShuttingDown,
     /// Nothing moved in either direction for `idle_timeout_s`.
     IdleTimeout,
+    /// The writer's `set_status`/`set_headers` messages built a response head over its
+    /// limits (`MAX_RESPONSE_HEADERS`, `MAX_RESPONSE_HEAD_BYTES`).
+    ResponseHeadTooLarge,
 }
 
 impl StreamEnd {
     pub fn side(self) -> Side {
         match self {
-            StreamEnd::Clean | StreamEnd::WriterDisconnected | StreamEnd::WriterProtocol(_) => {
-                Side::Writer
-            }
+            StreamEnd::Clean
+            | StreamEnd::WriterDisconnected
+            | StreamEnd::WriterProtocol(_)
+            | StreamEnd::ResponseHeadTooLarge => Side::Writer,
             StreamEnd::ReaderGone | StreamEnd::ReaderProtocol(_) => Side::Reader,
             StreamEnd::Aborted
             | StreamEnd::PeerNeverConnected
@@ -122,6 +126,7 @@ impl StreamEnd {
             StreamEnd::PeerNeverConnected => (1011, "peer never connected"),
             StreamEnd::ShuttingDown => (1001, "relay shutting down"),
             StreamEnd::IdleTimeout => (1001, "idle timeout"),
+            StreamEnd::ResponseHeadTooLarge => (1011, "response head too large"),
         }
     }
 
@@ -137,6 +142,8 @@ impl StreamEnd {
             StreamEnd::PeerNeverConnected => (1011, "peer never connected"),
             StreamEnd::ShuttingDown => (1001, "relay shutting down"),
             StreamEnd::IdleTimeout => (1001, "idle timeout"),
+            // 1008: the writer broke the relay's policy (not the protocol).
+            StreamEnd::ResponseHeadTooLarge => (1008, "response head too large"),
         }
     }
 
@@ -150,6 +157,7 @@ impl StreamEnd {
             StreamEnd::PeerNeverConnected => 504,
             StreamEnd::ShuttingDown => 503,
             StreamEnd::IdleTimeout => 408,
+            StreamEnd::ResponseHeadTooLarge => 502,
         }
     }
 
@@ -165,10 +173,11 @@ impl StreamEnd {
             StreamEnd::PeerNeverConnected => "peer_never_connected",
             StreamEnd::ShuttingDown => "shutting_down",
             StreamEnd::IdleTimeout => "idle_timeout",
+            StreamEnd::ResponseHeadTooLarge => "response_head_too_large",
         }
     }
 
-    pub const ALL_LABELS: [&'static str; 9] = [
+    pub const ALL_LABELS: [&'static str; 10] = [
         "clean",
         "writer_disconnected",
         "writer_protocol",
@@ -178,6 +187,7 @@ impl StreamEnd {
         "peer_never_connected",
         "shutting_down",
         "idle_timeout",
+        "response_head_too_large",
     ];
 
     pub fn label_index(self) -> usize {

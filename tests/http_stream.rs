@@ -1356,3 +1356,45 @@ fn fragmented_control_message_split_across_reads() {
         "text fragments leaked into the body"
     );
 }
+
+/// The response head a writer builds with `set_headers` is bounded (100 headers, 16 KiB):
+/// past it the HTTP reader gets `502` and the writer a policy Close (1008), instead of the
+/// relay holding and re-scanning an ever-growing head. Setting one header again and again
+/// replaces it and stays within bounds.
+#[test]
+fn response_heads_past_their_limits_end_with_502_and_a_policy_close() {
+    let relay = RELAY.start();
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..101).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    let cases = [
+        ("101 headers", json!(many)),
+        ("17 KiB value", json!({"x-big": "v".repeat(17 << 10)})),
+    ];
+    for (what, headers) in cases {
+        let ch = relay.create();
+        let mut c = HttpConn::read_channel(&relay, &ch);
+        let mut w = relay.connect(&ch, "write");
+        w.send_text(&set_headers(headers));
+        let (code, reason) = w.expect_close(what);
+        assert_eq!(
+            (code, reason.as_str()),
+            (1008, "response head too large"),
+            "{what}"
+        );
+        let head = c.expect_head(what);
+        assert_eq!(head.status, 502, "{what}: {}", head.raw);
+    }
+    // The same header set 5,000 times: one header, a normal response.
+    let ch = relay.create();
+    let mut c = HttpConn::read_channel(&relay, &ch);
+    let mut w = relay.connect(&ch, "write");
+    for i in 0..5_000 {
+        w.send_text(&set_headers(json!({"x-progress": i.to_string()})));
+    }
+    w.send_binary(b"done");
+    writer_finish(&mut w, "writer");
+    let head = c.expect_head("response");
+    assert_eq!(head.status, 200, "{}", head.raw);
+    assert_eq!(head.header("x-progress"), Some("4999"));
+    assert_eq!(c.read_chunked("body").concat(), b"done");
+}

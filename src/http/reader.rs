@@ -24,10 +24,18 @@ const CLIENT_WATCH_READ_BYTES: usize = 512;
 /// Longest text message read as a control message (longer ones are ignored).
 pub const MAX_CONTROL_MESSAGE_BYTES: usize = 64 << 10;
 
+/// Most headers a writer may set on a response (`set_headers`).
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Most bytes of header names and values (plus 4 per header for `: ` and CRLF) a writer
+/// may set on a response.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 16 << 10;
+
 /// The response head as the writer's control messages shape it.
 struct HeadState {
     status: u16,
     headers: Vec<(String, String)>,
+    /// Bytes `headers` takes on the wire (names, values, `: ` and CRLF).
+    header_bytes: usize,
     content_length: Option<u64>,
     /// Text bytes of the message being collected.
     text: Vec<u8>,
@@ -35,8 +43,33 @@ struct HeadState {
     in_text: bool,
 }
 
+/// What a chunk's control messages did to the head.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// Only control messages so far: the head is not complete.
+    NeedMore,
+    /// A binary frame starts here: the head goes out now.
+    Body,
+    /// The head grew past `MAX_RESPONSE_HEADERS` or `MAX_RESPONSE_HEAD_BYTES`.
+    TooLarge,
+}
+
 impl HeadState {
-    fn apply(&mut self, msg: ControlMessage) {
+    fn new() -> HeadState {
+        HeadState {
+            status: 200,
+            headers: Vec::new(),
+            header_bytes: 0,
+            content_length: None,
+            text: Vec::new(),
+            text_too_long: false,
+            in_text: false,
+        }
+    }
+
+    /// Applies one message. False when the head is now over its limits. Each header costs
+    /// at most one pass over at most `MAX_RESPONSE_HEADERS` entries: linear in the input.
+    fn apply(&mut self, msg: ControlMessage) -> bool {
         match msg {
             // A 1xx is never a final status.
             ControlMessage::SetStatus(s) if s >= 200 => self.status = s,
@@ -48,20 +81,29 @@ impl HeadState {
                         self.content_length = v.trim().parse().ok();
                         continue;
                     }
-                    self.headers.retain(|(n, _)| *n != k);
+                    if let Some(i) = self.headers.iter().position(|(n, _)| *n == k) {
+                        let (n, old) = self.headers.remove(i);
+                        self.header_bytes -= n.len() + old.len() + 4;
+                    }
+                    self.header_bytes += k.len() + v.len() + 4;
                     self.headers.push((k, v));
+                    if self.headers.len() > MAX_RESPONSE_HEADERS
+                        || self.header_bytes > MAX_RESPONSE_HEAD_BYTES
+                    {
+                        return false;
+                    }
                 }
             }
         }
+        true
     }
 
     /// Reads control messages from the pieces of `chunk` up to its first binary piece.
-    /// Returns true when a binary piece was found (the head must go out now).
-    fn scan(&mut self, chunk: &Chunk) -> bool {
+    fn scan(&mut self, chunk: &Chunk) -> Scan {
         for p in &chunk.pieces {
             let mut in_text = self.in_text;
             if !piece_is_text(p, &mut in_text) {
-                return true;
+                return Scan::Body;
             }
             self.in_text = in_text;
             if self.text.len() + p.payload.len() > MAX_CONTROL_MESSAGE_BYTES {
@@ -72,14 +114,16 @@ impl HeadState {
             if p.ends && p.fin {
                 if !self.text_too_long {
                     if let Some(m) = parse_control_message(&self.text) {
-                        self.apply(m);
+                        if !self.apply(m) {
+                            return Scan::TooLarge;
+                        }
                     }
                 }
                 self.text.clear();
                 self.text_too_long = false;
             }
         }
-        false
+        Scan::NeedMore
     }
 }
 
@@ -190,14 +234,7 @@ async fn stream_response(
 ) -> bool {
     let http10 = head.minor_version == 0;
     let keep_alive = !head.connection_close && !http10;
-    let mut hs = HeadState {
-        status: 200,
-        headers: Vec::new(),
-        content_length: None,
-        text: Vec::new(),
-        text_too_long: false,
-        in_text: false,
-    };
+    let mut hs = HeadState::new();
     let mut delimit: Option<BodyDelimit> = None; // Some once the head is sent
     let mut crlf_pending = false;
     let mut in_text = false;
@@ -214,7 +251,18 @@ async fn stream_response(
             Next::Send(mut chunk) => {
                 progress.took_data.set(true);
                 let in_text_before = hs.in_text;
-                if delimit.is_none() && hs.scan(&chunk) {
+                let scan = if delimit.is_none() {
+                    hs.scan(&chunk)
+                } else {
+                    Scan::Body
+                };
+                if scan == Scan::TooLarge {
+                    // The head is not sent: the client gets 502, the writer a policy Close.
+                    ch.recycle(chunk.buf, &shard.pool);
+                    ch.finish(StreamEnd::ResponseHeadTooLarge);
+                    continue;
+                }
+                if delimit.is_none() && scan == Scan::Body {
                     // The body renderer starts from the message state this chunk began in.
                     in_text = in_text_before;
                     let d = match (hs.content_length, http10) {
@@ -329,6 +377,32 @@ fn clip(ranges: &mut Vec<std::ops::Range<usize>>, mut budget: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(n: usize, value: &str) -> ControlMessage {
+        ControlMessage::SetHeaders((0..n).map(|i| (format!("x-h{i}"), value.into())).collect())
+    }
+
+    #[test]
+    fn response_head_is_capped_by_count_and_bytes() {
+        let mut hs = HeadState::new();
+        assert!(hs.apply(headers(MAX_RESPONSE_HEADERS, "v")));
+        assert!(
+            !hs.apply(headers(MAX_RESPONSE_HEADERS + 1, "v")),
+            "one header too many"
+        );
+
+        let mut hs = HeadState::new();
+        let big = "v".repeat(MAX_RESPONSE_HEAD_BYTES);
+        assert!(!hs.apply(headers(1, &big)), "one value over the byte limit");
+
+        // Setting the same header again replaces it: it counts once, by its latest size.
+        let mut hs = HeadState::new();
+        for _ in 0..10_000 {
+            assert!(hs.apply(headers(1, &"v".repeat(1000))));
+        }
+        assert_eq!(hs.headers.len(), 1);
+        assert_eq!(hs.header_bytes, "x-h0".len() + 1000 + 4);
+    }
 
     #[test]
     fn clip_limits_total() {
