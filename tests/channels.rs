@@ -566,35 +566,14 @@ fn last_data_close_and_fin_reach_the_reader_in_one_segment() {
 /// relay had to finish in several pieces.
 #[test]
 fn pongs_never_interleave_with_data_to_a_slow_pinging_reader() {
-    use std::io::Write;
     const FRAME: usize = 16 << 10;
     const FRAMES: u64 = 1536; // 24 MiB a run
     let relay = RELAY.start();
     for run in 0..3 {
         let ch = relay.create();
-        // The reader first, with a small receive buffer (set before connecting, so the
-        // window stays small and the relay's writes to it stay partial).
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        sock.connect(&relay.data.into()).expect("connect");
-        let mut s: std::net::TcpStream = sock.into();
-        let path = ws_path(&ch.id, &ch.key, "read");
-        let key = random_ws_key();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
-        let mut rest = Vec::new();
-        let head = Head::expect(&read_head_into(&mut s, &mut rest).expect("101"));
-        assert_eq!(head.status, 101);
-        assert!(
-            rest.is_empty(),
-            "nothing may follow the 101 before the writer exists"
-        );
-        let mut r = ws_from_stream(s);
+        // The reader first, with a small receive buffer: the relay's writes to it back up
+        // and have to be finished in pieces.
+        let mut r = reader_with_small_receive_buffer(&relay, &ch);
         let writer = {
             let relay_data = relay.data;
             let path = ws_path(&ch.id, &ch.key, "write");
@@ -674,4 +653,31 @@ fn fill_frame(buf: &mut [u8], seq: u64) {
     for (i, b) in buf[8..].iter_mut().enumerate() {
         *b = (seq as u8).wrapping_mul(31).wrapping_add(i as u8);
     }
+}
+
+/// A WebSocket reader whose receive buffer is 4 KiB (set before connecting, so the window
+/// stays small), connected before its writer: nothing may follow the 101.
+fn reader_with_small_receive_buffer(relay: &Relay, ch: &ChannelInfo) -> Ws {
+    use std::io::Write;
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.connect(&relay.data.into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    let path = ws_path(&ch.id, &ch.key, "read");
+    let key = random_ws_key();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut rest = Vec::new();
+    let head = Head::expect(&read_head_into(&mut s, &mut rest).expect("101"));
+    assert_eq!(head.status, 101);
+    assert!(
+        rest.is_empty(),
+        "nothing may follow the 101 before the writer exists"
+    );
+    ws_from_stream(s)
 }
