@@ -50,6 +50,11 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
 pub const MIN_SIGNING_SECRET_BYTES: usize = 16;
 /// Largest control-API request body.
 pub const MAX_CONTROL_BODY_BYTES: usize = 64 << 10;
+/// Control-API connections open at once, all shards together (over → 503).
+pub const DEFAULT_MAX_CONTROL_CONNECTIONS: usize = 1024;
+/// Channels created through the control API that no end has connected to yet (over → the
+/// create is answered 503).
+pub const DEFAULT_MAX_UNCONNECTED_CHANNELS: usize = 100_000;
 /// Most shards (threads, each with its ring and listeners) a relay runs.
 pub const MAX_SHARDS: usize = 1024;
 /// Smallest `read_buffer_bytes`.
@@ -70,6 +75,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Connections one shard accepts at once (the kernel spreads them; this caps a skew).
     pub max_connections_per_shard: usize,
+    /// Control-API connections open at once (over → 503, the connection closed).
+    pub max_control_connections: usize,
+    /// Channels created but not yet connected by either end (over → create answers 503).
+    pub max_unconnected_channels: usize,
     pub idle_timeout_s: u64,
     pub read_buffer_bytes: usize,
     pub stream_budget_bytes: usize,
@@ -99,6 +108,8 @@ impl Default for Config {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_shard: DEFAULT_MAX_CONNECTIONS,
+            max_control_connections: DEFAULT_MAX_CONTROL_CONNECTIONS,
+            max_unconnected_channels: DEFAULT_MAX_UNCONNECTED_CHANNELS,
             idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
@@ -160,6 +171,18 @@ impl Config {
             self.max_connections_per_shard as u64,
             1,
             10_000_000,
+        )?;
+        in_range(
+            "max_control_connections",
+            self.max_control_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "max_unconnected_channels",
+            self.max_unconnected_channels as u64,
+            1,
+            100_000_000,
         )?;
         in_range(
             "read_buffer_bytes",
@@ -253,6 +276,8 @@ mod tests {
             ("handshake_timeout_ms = 0", "handshake_timeout_ms"),
             ("max_connections = 0", "max_connections"),
             ("max_connections_per_shard = 0", "max_connections_per_shard"),
+            ("max_control_connections = 0", "max_control_connections"),
+            ("max_unconnected_channels = 0", "max_unconnected_channels"),
             ("read_buffer_bytes = 2048", "read_buffer_bytes"),
             ("max_head_bytes = 10", "max_head_bytes"),
             ("max_frame_bytes = 1", "max_frame_bytes"),

@@ -331,3 +331,57 @@ fn idle_keep_alive_connections_close_quietly_and_half_heads_get_408() {
         );
     }
 }
+
+/// A request without the right token gets one 401 and the connection is closed: a client
+/// cannot keep a connection open to guess on.
+#[test]
+fn a_401_closes_the_control_connection() {
+    let relay = RELAY.with_config("control_token = \"s3cret-token\"\n");
+    let mut s = tcp_connect(relay.control);
+    let r = request_on(&mut s, "POST", "/v1/channels", b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    expect_eof(&mut s, "after 401");
+}
+
+/// The control listener has its own connection limit: beyond `max_control_connections`
+/// a connection is answered 503 and closed; once one closes there is room again.
+#[test]
+fn control_connections_are_capped() {
+    let relay = RELAY.with_config("max_control_connections = 2\n");
+    let first = tcp_connect(relay.control);
+    let mut second = tcp_connect(relay.control);
+    assert_eq!(request_on(&mut second, "GET", "/healthz", b"").status, 200);
+    let mut third = tcp_connect(relay.control);
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut third, &mut got);
+    assert_eq!(status_of(&got), Some(503), "{}", head_text(&got));
+    drop(first);
+    let admitted = wait_for(std::time::Duration::from_secs(5), || {
+        let mut s = tcp_connect(relay.control);
+        std::io::Write::write_all(&mut s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let head = read_head_into(&mut s, &mut Vec::new()).ok()?;
+        (status_of(&head) == Some(200)).then_some(())
+    });
+    assert!(admitted.is_some(), "no room after a connection closed");
+}
+
+/// Refs handed out that nobody connects are bounded: past `max_unconnected_channels`
+/// creates are answered 503 until an end connects (or a channel goes).
+#[test]
+fn channels_nobody_connects_to_are_capped() {
+    let relay = RELAY.with_config("max_unconnected_channels = 3\n");
+    let chans: Vec<ChannelInfo> = (0..3).map(|_| relay.create()).collect();
+    let r = relay.control("POST", "/v1/channels", None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_many_unconnected");
+    // An end connects: that channel no longer counts.
+    let _reader = relay.connect(&chans[0], "read");
+    let fourth = relay.create();
+    assert_eq!(relay.control("POST", "/v1/channels", None).status, 503);
+    // A channel deleted before anyone connected stops counting too.
+    assert_eq!(relay.delete(&chans[1].id), 204);
+    relay.create();
+    assert_eq!(relay.control("POST", "/v1/channels", None).status, 503);
+    drop(fourth);
+}

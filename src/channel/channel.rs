@@ -93,6 +93,8 @@ pub struct Channel {
     pub reader_done: Notify,
     /// Taken out of the registry (counted once).
     pub removed: Cell<bool>,
+    /// An end has connected (or is connecting) at least once.
+    pub ever_connected: Cell<bool>,
     /// When bytes last moved on either end (for the idle timeout).
     pub last_activity: Cell<Instant>,
     /// Wakes the channel's timer task when the channel leaves the table.
@@ -147,6 +149,7 @@ impl Channel {
             writer_wake: Notify::new(),
             reader_done: Notify::new(),
             removed: Cell::new(false),
+            ever_connected: Cell::new(false),
             last_activity: Cell::new(Instant::now()),
             retired: Notify::new(),
             signed_expiry: Cell::new(None),

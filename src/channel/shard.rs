@@ -31,6 +31,11 @@ pub struct Shared {
     pub shard_connections: Vec<AtomicUsize>,
     /// Channels in each shard's table: where the control API places new channels.
     pub shard_channels: Vec<AtomicUsize>,
+    /// Channels no end has connected to yet, all shards together (bounded by
+    /// `max_unconnected_channels`).
+    pub unconnected_channels: AtomicUsize,
+    /// Control-API connections open now (bounded by `max_control_connections`).
+    pub control_connections: AtomicUsize,
     /// Each shard's command queue, by shard index.
     pub commands: Vec<mpsc::UnboundedSender<Command>>,
     /// HTTP routes registered by the control engine (read once per unmatched request).
@@ -141,6 +146,7 @@ impl Shard {
     /// Registers a channel and arms its TTL.
     pub fn create(self: &Rc<Self>, id: String, key: String, buffer_bytes: usize, ttl: Duration) {
         let ch = Rc::new(Channel::new(id.clone(), key, buffer_bytes));
+        self.shared.unconnected_channels.fetch_add(1, Relaxed);
         let n = {
             let mut channels = self.channels.borrow_mut();
             channels.insert(id, ch.clone());
@@ -162,7 +168,10 @@ impl Shard {
         let id = new_owned_id(self.index, self.shard_count());
         let key = crate::keys::new_access_key();
         self.create(id.clone(), key, buffer_bytes, ttl);
-        self.lookup(&id).expect("just created")
+        let ch = self.lookup(&id).expect("just created");
+        // The relay itself is one of its ends (HTTP ingress), from the start.
+        self.mark_connected(&ch);
+        ch
     }
 
     /// The channel whose `dir` end a connection with `key` may claim: known here (or a
@@ -188,6 +197,7 @@ impl Shard {
         if self.shared.draining.load(Relaxed) && !ch.is_busy() {
             return Err(Refusal::Unavailable("relay is draining"));
         }
+        self.mark_connected(&ch);
         Ok(ch)
     }
 
@@ -266,11 +276,19 @@ impl Shard {
         }
     }
 
+    /// An end is about to connect: the channel no longer counts as unconnected.
+    pub fn mark_connected(&self, ch: &Channel) {
+        if !ch.ever_connected.replace(true) {
+            self.shared.unconnected_channels.fetch_sub(1, Relaxed);
+        }
+    }
+
     /// Takes a channel out of the table (late arrivals get 404); counted once.
     pub fn remove(&self, ch: &Channel) {
         if ch.removed.replace(true) {
             return;
         }
+        self.mark_connected(ch); // an unconnected channel that ends stops counting too
         let n = {
             let mut channels = self.channels.borrow_mut();
             channels.remove(&ch.id);

@@ -182,6 +182,14 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
         return Response::error(503, "draining", "the relay is draining: no new channels");
     }
     let cfg = &shared.config;
+    if shared.unconnected_channels.load(Relaxed) >= cfg.max_unconnected_channels {
+        // Refs handed out that nobody uses would otherwise pile up until their TTL.
+        return Response::error(
+            503,
+            "too_many_unconnected",
+            "too many channels waiting for their first end (max_unconnected_channels)",
+        );
+    }
     let (buffer_bytes, ttl_s) = match parse_create_body(body, cfg.buffer_bytes as u64, cfg.ttl_s) {
         Ok(options) => options,
         Err(r) => return r,

@@ -1,4 +1,5 @@
-//! Admission of data-plane connections: the process-wide and per-shard connection limits.
+//! Admission of connections: the data plane's process-wide and per-shard limits, and the
+//! control listener's own limit.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -35,5 +36,27 @@ impl Drop for ConnGuard {
         self.shared.connections.fetch_sub(1, Relaxed);
         self.shared.shard_connections[self.shard].fetch_sub(1, Relaxed);
         METRICS.connections_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts a control-API connection for as long as it lives.
+pub struct ControlGuard {
+    shared: Arc<Shared>,
+}
+
+impl ControlGuard {
+    /// Admits a control connection, or `None` at `max_control_connections`.
+    pub fn admit(shared: &Arc<Shared>) -> Option<ControlGuard> {
+        let open = shared.control_connections.fetch_add(1, Relaxed);
+        let g = ControlGuard {
+            shared: shared.clone(),
+        };
+        (open < shared.config.max_control_connections).then_some(g)
+    }
+}
+
+impl Drop for ControlGuard {
+    fn drop(&mut self) {
+        self.shared.control_connections.fetch_sub(1, Relaxed);
     }
 }

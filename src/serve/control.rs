@@ -5,7 +5,8 @@
 
 use std::rc::Rc;
 
-use super::request::{serve_requests, Handler, HeadLimits};
+use super::admit::ControlGuard;
+use super::request::{refuse, serve_requests, Handler, HeadLimits};
 use crate::channel::Shard;
 use crate::config::MAX_CONTROL_BODY_BYTES;
 use crate::control::{api, events};
@@ -19,6 +20,10 @@ const BODY_READ_BYTES: usize = 4096;
 
 /// Serves a control connection until the client closes it (keep-alive).
 pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
+    let Some(_guard) = ControlGuard::admit(&shard.shared) else {
+        let refusal = Refusal::Unavailable("control connection limit reached");
+        return refuse(&conn, refusal).await;
+    };
     let cfg = shard.config();
     let limits = HeadLimits {
         max_bytes: cfg.max_head_bytes,
@@ -83,6 +88,8 @@ impl Handler for ControlRequests {
             };
         }
         let resp = api::handle(&self.shard, &head.method, &head.path, auth, &body).await;
+        // A client without the token gets one answer, not a connection to keep guessing on.
+        let close = close || resp.status == 401;
         if conn.write_all(resp.render(close)).await.is_err() || close {
             conn.shutdown();
             return Served::Closed;
