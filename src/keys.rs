@@ -91,8 +91,12 @@ pub fn mint_ref(secret: &[u8], channel_id: &str, ttl: Duration) -> MintedRefs {
 /// not expired. The signature is compared in constant time.
 pub fn verify_key(secret: &[u8], channel_id: &str, key: &str) -> Option<u64> {
     let rest = key.strip_prefix(SIGNED_KEY_PREFIX)?;
-    let (expiry, sig) = rest.split_once('.')?;
-    let expiry: u64 = expiry.parse().ok()?;
+    let (expiry_text, sig) = rest.split_once('.')?;
+    let expiry: u64 = expiry_text.parse().ok()?;
+    // One spelling per key: `+123` or `0123` would parse to the same expiry.
+    if expiry.to_string() != expiry_text {
+        return None;
+    }
     if expiry < now_unix() {
         return None;
     }
@@ -123,6 +127,16 @@ mod tests {
         let forged = format!("s1.{}.{sig}", now_unix() + 10_000);
         assert!(verify_key(b"s3cret", "chan-1", &forged).is_none());
         assert!(verify_key(b"s3cret", "chan-1", "plain-key").is_none());
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_of_a_key_verifies() {
+        let key = mint_key(b"s3cret", "chan-1", Duration::from_secs(60));
+        assert!(verify_key(b"s3cret", "chan-1", &key).is_some());
+        let (expiry, sig) = key[SIGNED_KEY_PREFIX.len()..].split_once('.').unwrap();
+        for other in [format!("s1.+{expiry}.{sig}"), format!("s1.0{expiry}.{sig}")] {
+            assert!(verify_key(b"s3cret", "chan-1", &other).is_none(), "{other}");
+        }
     }
 
     #[test]
