@@ -87,6 +87,8 @@ pub enum StreamEnd {
     /// The writer's `set_status`/`set_headers` messages built a response head over its
     /// limits (`MAX_RESPONSE_HEADERS`, `MAX_RESPONSE_HEAD_BYTES`).
     ResponseHeadTooLarge,
+    /// A channel opened by a signed ref reached the ref's expiry: its life never exceeds it.
+    RefExpired,
 }
 
 impl StreamEnd {
@@ -100,7 +102,8 @@ impl StreamEnd {
             StreamEnd::Aborted
             | StreamEnd::PeerNeverConnected
             | StreamEnd::ShuttingDown
-            | StreamEnd::IdleTimeout => Side::Internal,
+            | StreamEnd::IdleTimeout
+            | StreamEnd::RefExpired => Side::Internal,
         }
     }
 
@@ -127,6 +130,7 @@ impl StreamEnd {
             StreamEnd::ShuttingDown => (1001, "relay shutting down"),
             StreamEnd::IdleTimeout => (1001, "idle timeout"),
             StreamEnd::ResponseHeadTooLarge => (1011, "response head too large"),
+            StreamEnd::RefExpired => (1011, "ref expired"),
         }
     }
 
@@ -144,6 +148,7 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => (1001, "idle timeout"),
             // 1008: the writer broke the relay's policy (not the protocol).
             StreamEnd::ResponseHeadTooLarge => (1008, "response head too large"),
+            StreamEnd::RefExpired => (1011, "ref expired"),
         }
     }
 
@@ -158,6 +163,7 @@ impl StreamEnd {
             StreamEnd::ShuttingDown => 503,
             StreamEnd::IdleTimeout => 408,
             StreamEnd::ResponseHeadTooLarge => 502,
+            StreamEnd::RefExpired => 410,
         }
     }
 
@@ -174,10 +180,11 @@ impl StreamEnd {
             StreamEnd::ShuttingDown => "shutting_down",
             StreamEnd::IdleTimeout => "idle_timeout",
             StreamEnd::ResponseHeadTooLarge => "response_head_too_large",
+            StreamEnd::RefExpired => "ref_expired",
         }
     }
 
-    pub const ALL_LABELS: [&'static str; 10] = [
+    pub const ALL_LABELS: [&'static str; 11] = [
         "clean",
         "writer_disconnected",
         "writer_protocol",
@@ -188,6 +195,7 @@ impl StreamEnd {
         "shutting_down",
         "idle_timeout",
         "response_head_too_large",
+        "ref_expired",
     ];
 
     pub fn label_index(self) -> usize {

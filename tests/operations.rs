@@ -242,3 +242,31 @@ fn per_shard_connection_limit_is_503_before_the_upgrade() {
     let (hs, _) = relay.try_connect(&ws_path(&b.id, &b.key, "write"), &[]);
     assert_eq!(hs.status, 503);
 }
+
+/// A channel opened by a signed ref lives no longer than the ref: a transfer still running
+/// when the ref expires is ended for both ends (1011 "ref expired").
+#[test]
+fn a_signed_channel_ends_when_its_ref_expires() {
+    let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
+    let t0 = Instant::now();
+    let refs = mint("job-short-lived", 2, SECRET);
+    let key = refs["access_key"].as_str().unwrap();
+    let mut r = ws_connect(relay.data, &ws_path("job-short-lived", key, "read"));
+    let mut w = ws_connect(relay.data, &ws_path("job-short-lived", key, "write"));
+    let reader = std::thread::spawn(move || r.read_until_close("reader"));
+    // Keep the channel busy past the expiry (so neither TTL nor idle timeout applies).
+    while t0.elapsed() < Duration::from_secs(5) {
+        w.send_binary(b"tick");
+        std::thread::sleep(Duration::from_millis(100));
+        if w.quiet_for(Duration::from_millis(1)) {
+            continue;
+        }
+        break; // the relay sent the writer something: its Close
+    }
+    let (code, reason) = w.expect_close("writer");
+    assert_eq!((code, reason.as_str()), (1011, "ref expired"));
+    let (_, code, reason) = reader.join().unwrap();
+    assert_eq!((code, reason.as_str()), (1011, "ref expired"));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(4), "ended only after {took:?}");
+}

@@ -241,12 +241,25 @@ impl Shard {
     /// (`IdleTimeout`, 1001 to both ends).
     async fn watch(&self, ch: &Rc<Channel>, ttl: Duration) {
         let idle = Duration::from_secs(self.config().idle_timeout_s);
+        // A channel opened by a signed ref ends when the ref expires, whatever it is doing.
+        let ref_expires = ch.signed_expiry.get().map(|expiry| {
+            let unix_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Instant::now() + Duration::from_secs(expiry.saturating_sub(unix_now))
+        });
         loop {
             let unpaired = {
                 let st = ch.state.borrow();
                 st.writer == Slot::Waiting || st.reader == Slot::Waiting
             };
             let now = Instant::now();
+            if ref_expires.is_some_and(|at| now >= at) {
+                tracing::debug!(channel = %ch.id, "signed ref expired");
+                ch.finish(StreamEnd::RefExpired);
+                self.remove(ch);
+                return;
+            }
             let deadline = if unpaired {
                 ch.created + ttl
             } else {
@@ -269,6 +282,7 @@ impl Shard {
             } else {
                 deadline
             };
+            let wake = ref_expires.map_or(wake, |at| wake.min(at));
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = ch.retired.notified() => return,
