@@ -31,9 +31,10 @@ pub struct Shared {
     pub shard_connections: Vec<AtomicUsize>,
     /// Channels in each shard's table: where the control API places new channels.
     pub shard_channels: Vec<AtomicUsize>,
-    /// Channels no end has connected to yet, all shards together (bounded by
+    /// Channels no end has connected to yet, per shard (each written by its own shard
+    /// only, so counting costs no cross-core traffic; their sum is bounded by
     /// `max_unconnected_channels`).
-    pub unconnected_channels: AtomicUsize,
+    pub shard_unconnected: Vec<AtomicUsize>,
     /// Control-API connections open now (bounded by `max_control_connections`).
     pub control_connections: AtomicUsize,
     /// Each shard's command queue, by shard index.
@@ -135,6 +136,15 @@ impl Shard {
         }
     }
 
+    /// Channels no end has connected to yet, all shards together.
+    pub fn unconnected_channels(&self) -> usize {
+        self.shared
+            .shard_unconnected
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shared.commands.len()
     }
@@ -146,7 +156,7 @@ impl Shard {
     /// Registers a channel and arms its TTL.
     pub fn create(self: &Rc<Self>, id: String, key: String, buffer_bytes: usize, ttl: Duration) {
         let ch = Rc::new(Channel::new(id.clone(), key, buffer_bytes));
-        self.shared.unconnected_channels.fetch_add(1, Relaxed);
+        self.shared.shard_unconnected[self.index].fetch_add(1, Relaxed);
         let n = {
             let mut channels = self.channels.borrow_mut();
             channels.insert(id, ch.clone());
@@ -293,7 +303,7 @@ impl Shard {
     /// An end is about to connect: the channel no longer counts as unconnected.
     pub fn mark_connected(&self, ch: &Channel) {
         if !ch.ever_connected.replace(true) {
-            self.shared.unconnected_channels.fetch_sub(1, Relaxed);
+            self.shared.shard_unconnected[self.index].fetch_sub(1, Relaxed);
         }
     }
 

@@ -182,7 +182,7 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
         return Response::error(503, "draining", "the relay is draining: no new channels");
     }
     let cfg = &shared.config;
-    if shared.unconnected_channels.load(Relaxed) >= cfg.max_unconnected_channels {
+    if shard.unconnected_channels() >= cfg.max_unconnected_channels {
         // Refs handed out that nobody uses would otherwise pile up until their TTL.
         return Response::error(
             503,

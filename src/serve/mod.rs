@@ -60,7 +60,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         connections: AtomicUsize::new(0),
         shard_connections: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         shard_channels: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-        unconnected_channels: AtomicUsize::new(0),
+        shard_unconnected: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         control_connections: AtomicUsize::new(0),
         commands,
         routes: Default::default(),
