@@ -1398,3 +1398,49 @@ fn response_heads_past_their_limits_end_with_502_and_a_policy_close() {
     assert_eq!(head.header("x-progress"), Some("4999"));
     assert_eq!(c.read_chunked("body").concat(), b"done");
 }
+
+/// HTTP uploads share the shard's stream budget with WebSocket writers: with four uploads
+/// and no readers on a shard whose budget is 1 MiB, each channel holds about its quarter,
+/// not its whole 4 MiB `buffer_bytes`.
+#[test]
+fn uploads_without_readers_stay_within_their_share_of_the_stream_budget() {
+    let relay = RELAY.spawn(Some("stream_budget_bytes = 1048576\n"), 1);
+    const BODY: usize = 8 << 20;
+    let chans: Vec<ChannelInfo> = (0..4).map(|_| relay.create()).collect();
+    let uploads: Vec<_> = chans
+        .iter()
+        .map(|ch| {
+            let (data, path) = (relay.data, chan_path(ch, "write"));
+            std::thread::spawn(move || {
+                let mut s = tcp_connect(data);
+                let head =
+                    format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                // Blocks once the relay stops reading; ends when the test drops the channel.
+                let block = vec![1u8; 64 << 10];
+                for _ in 0..BODY / block.len() {
+                    if s.write_all(&block).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let every upload run into its limit.
+    std::thread::sleep(Duration::from_millis(1500));
+    let held: Vec<u64> = chans
+        .iter()
+        .map(|ch| relay.state(&ch.id)["buffered_bytes"].as_u64().unwrap())
+        .collect();
+    for (ch, h) in chans.iter().zip(&held) {
+        // A quarter of 1 MiB, plus the frame that may be taken before the check.
+        assert!(*h <= 400 << 10, "{}: holds {h} bytes ({held:?})", ch.id);
+        assert!(*h > 0, "{}: upload never started ({held:?})", ch.id);
+        relay.delete(&ch.id);
+    }
+    for u in uploads {
+        u.join().unwrap();
+    }
+}

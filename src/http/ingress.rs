@@ -77,9 +77,9 @@ pub async fn serve_ingress(
     }
     tracing::debug!(route = %route.spec.route_id, %request_id, "ingress request published");
     let feeder = {
-        let (ch, conn, head) = (body_ch.clone(), conn.clone(), head.clone());
+        let (ch, conn, head, shard) = (body_ch.clone(), conn.clone(), head.clone(), shard.clone());
         ring::spawn(async move {
-            match feed_body(&ch, &conn, &head, leftover).await {
+            match feed_body(&ch, &conn, &head, leftover, &shard.pool).await {
                 Ok((_, rest)) => {
                     ch.finish(StreamEnd::Clean);
                     Some(rest)

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use crate::channel::channel::{Channel, Chunk};
 use crate::channel::Shard;
 use crate::error::StreamEnd;
-use crate::ring::Conn;
+use crate::ring::{BufPool, Conn};
 use crate::wire::chunked::{ChunkedDecoder, CHUNK_CRLF_LEN};
 use crate::wire::forward::Piece;
 use crate::wire::frame::{server_header_len, write_server_header, Opcode, MAX_HEADER_LEN};
@@ -58,11 +58,14 @@ fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
     });
 }
 
-/// Waits until the channel has room for another frame, or has ended.
-async fn wait_for_room(ch: &Channel) {
+/// Waits until the channel has room for another frame, or has ended. Room is the smaller
+/// of the channel's limit and this stream's share of the shard's stream budget: uploads
+/// share the budget with WebSocket writers.
+async fn wait_for_room(ch: &Channel, pool: &BufPool) {
     loop {
         let held = ch.state.borrow().held;
-        if ch.end().is_some() || held == 0 || held + HEADROOM + UPLOAD_FRAME_BYTES <= ch.limit {
+        let limit = ch.limit.min(pool.stream_hold_share());
+        if ch.end().is_some() || held == 0 || held + HEADROOM + UPLOAD_FRAME_BYTES <= limit {
             return;
         }
         ch.writer_wake.notified().await;
@@ -72,13 +75,13 @@ async fn wait_for_room(ch: &Channel) {
 /// Reads the body into the channel. Returns the bytes of the next request already read
 /// when the connection may be reused.
 pub async fn run_http_writer(
-    _shard: &Shard,
+    shard: &Shard,
     ch: &Rc<Channel>,
     conn: &Conn,
     head: &RequestHead,
     leftover: Vec<u8>,
 ) -> Option<Vec<u8>> {
-    let (total, rest) = match feed_body(ch, conn, head, leftover).await {
+    let (total, rest) = match feed_body(ch, conn, head, leftover, &shard.pool).await {
         Ok(r) => r,
         Err(end) => {
             ch.finish(end);
@@ -128,7 +131,10 @@ pub async fn feed_body(
     conn: &Conn,
     head: &RequestHead,
     leftover: Vec<u8>,
+    pool: &BufPool,
 ) -> Result<(u64, Vec<u8>), StreamEnd> {
+    // An active stream of the shard while the body flows (see `wait_for_room`).
+    let _stream = pool.stream();
     if head.expect_continue && leftover.is_empty() {
         let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
         if conn.write_all(cont).await.is_err() {
@@ -136,9 +142,9 @@ pub async fn feed_body(
         }
     }
     if head.chunked {
-        read_chunked(ch, conn, leftover).await
+        read_chunked(ch, conn, leftover, pool).await
     } else {
-        read_length(ch, conn, leftover, head.content_length.unwrap_or(0)).await
+        read_length(ch, conn, leftover, head.content_length.unwrap_or(0), pool).await
     }
 }
 
@@ -149,10 +155,11 @@ async fn read_length(
     conn: &Conn,
     mut pending: Vec<u8>,
     length: u64,
+    pool: &BufPool,
 ) -> Result<(u64, Vec<u8>), StreamEnd> {
     let mut total = 0u64;
     while total < length {
-        wait_for_room(ch).await;
+        wait_for_room(ch, pool).await;
         if let Some(end) = ch.end() {
             return Err(end);
         }
@@ -185,6 +192,7 @@ async fn read_chunked(
     ch: &Channel,
     conn: &Conn,
     leftover: Vec<u8>,
+    pool: &BufPool,
 ) -> Result<(u64, Vec<u8>), StreamEnd> {
     let mut dec = ChunkedDecoder::default();
     let mut raw = leftover;
@@ -197,7 +205,7 @@ async fn read_chunked(
             .map_err(|_| StreamEnd::WriterProtocol(crate::wire::frame::FrameError::BadLength))?;
         for r in &data {
             for piece in raw[r.clone()].chunks(UPLOAD_FRAME_BYTES) {
-                wait_for_room(ch).await;
+                wait_for_room(ch, pool).await;
                 if let Some(end) = ch.end() {
                     return Err(end);
                 }
