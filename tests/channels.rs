@@ -655,16 +655,21 @@ fn fill_frame(buf: &mut [u8], seq: u64) {
     }
 }
 
-/// A WebSocket reader whose receive buffer is 4 KiB (set before connecting, so the window
-/// stays small), connected before its writer: nothing may follow the 101.
+/// A WebSocket reader whose receive buffer is 4 KiB, connected before its writer.
 fn reader_with_small_receive_buffer(relay: &Relay, ch: &ChannelInfo) -> Ws {
+    end_with_small_receive_buffer(relay, ch, "read")
+}
+
+/// A WebSocket end whose receive buffer is 4 KiB (set before connecting, so the window
+/// stays small): the relay's writes to it back up. Nothing may follow the 101.
+fn end_with_small_receive_buffer(relay: &Relay, ch: &ChannelInfo, dir: &str) -> Ws {
     use std::io::Write;
     let sock =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     sock.connect(&relay.data.into()).expect("connect");
     let mut s: std::net::TcpStream = sock.into();
-    let path = ws_path(&ch.id, &ch.key, "read");
+    let path = ws_path(&ch.id, &ch.key, dir);
     let key = random_ws_key();
     write!(
         s,
@@ -675,9 +680,39 @@ fn reader_with_small_receive_buffer(relay: &Relay, ch: &ChannelInfo) -> Ws {
     let mut rest = Vec::new();
     let head = Head::expect(&read_head_into(&mut s, &mut rest).expect("101"));
     assert_eq!(head.status, 101);
-    assert!(
-        rest.is_empty(),
-        "nothing may follow the 101 before the writer exists"
-    );
+    assert!(rest.is_empty(), "nothing may follow the 101");
     ws_from_stream(s)
+}
+
+/// Every connection can be ended: a writer that floods pings and never reads the Pongs
+/// leaves the relay's Pong write stuck; a DELETE still ends its connection within the close
+/// timeout (5 s) instead of never.
+#[test]
+fn delete_ends_a_writer_that_pings_and_never_reads() {
+    let relay = RELAY.start();
+    let ch = relay.create();
+    let w = end_with_small_receive_buffer(&relay, &ch, "write");
+    let mut pinger = w.stream.try_clone().expect("clone socket");
+    let pings = std::thread::spawn(move || {
+        // Blocks once the relay stops reading it (its Pong write is stuck); ends when the
+        // relay closes the connection.
+        for i in 0..200_000u32 {
+            let payload = [i.to_be_bytes().as_slice(), &[0u8; 120]].concat();
+            if std::io::Write::write_all(&mut pinger, &frame(true, OP_PING, &payload)).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(relay.metric("chanrelay_connections_active"), 1.0);
+    assert_eq!(relay.delete(&ch.id), 204);
+    let gone = wait_for(Duration::from_secs(8), || {
+        (relay.metric("chanrelay_connections_active") == 0.0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the writer's connection outlived the DELETE"
+    );
+    drop(w);
+    pings.join().unwrap();
 }

@@ -232,6 +232,10 @@ impl Channel {
                     st.writer_close_sent = true;
                     let (code, reason) = end.writer_close();
                     crate::ring::spawn(send_close(w, code, reason));
+                } else if st.writer_busy {
+                    // A Pong is being written to it; a writer that does not read would hold
+                    // that write (and the Close that follows it) forever.
+                    arm_close_timeout(&w);
                 }
             }
         }
