@@ -41,7 +41,8 @@ fn signature(secret: &[u8], channel_id: &str, expiry: u64) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-fn now_unix() -> u64 {
+/// Seconds since the Unix epoch (what a signed key's expiry is counted in).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -49,7 +50,7 @@ fn now_unix() -> u64 {
 
 /// Mints an access key for `channel_id` valid for `ttl` from now.
 pub fn mint_key(secret: &[u8], channel_id: &str, ttl: Duration) -> String {
-    let expiry = now_unix() + ttl.as_secs();
+    let expiry = unix_now() + ttl.as_secs();
     let sig = URL_SAFE_NO_PAD.encode(signature(secret, channel_id, expiry));
     format!("{SIGNED_KEY_PREFIX}{expiry}.{sig}")
 }
@@ -97,7 +98,7 @@ pub fn verify_key(secret: &[u8], channel_id: &str, key: &str) -> Option<u64> {
     if expiry.to_string() != expiry_text {
         return None;
     }
-    if expiry < now_unix() {
+    if expiry < unix_now() {
         return None;
     }
     let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
@@ -124,7 +125,7 @@ mod tests {
         assert!(verify_key(b"s3cret", "chan-1", &tampered).is_none());
         // An expiry moved into the future breaks the signature.
         let (_, sig) = key[3..].split_once('.').unwrap();
-        let forged = format!("s1.{}.{sig}", now_unix() + 10_000);
+        let forged = format!("s1.{}.{sig}", unix_now() + 10_000);
         assert!(verify_key(b"s3cret", "chan-1", &forged).is_none());
         assert!(verify_key(b"s3cret", "chan-1", "plain-key").is_none());
     }
@@ -141,7 +142,7 @@ mod tests {
 
     #[test]
     fn expired_keys_are_refused() {
-        let expiry = now_unix() - 1;
+        let expiry = unix_now() - 1;
         let sig = URL_SAFE_NO_PAD.encode(signature(b"k", "c", expiry));
         assert!(verify_key(b"k", "c", &format!("s1.{expiry}.{sig}")).is_none());
     }

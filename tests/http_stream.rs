@@ -775,21 +775,21 @@ fn keep_alive_next_response_is_not_cut_by_the_previous_head_timeout() {
     let (first, second) = (relay.create(), relay.create());
     let mut c = HttpConn::connect(relay.data);
     c.get(&chan_path(&first, "read"), false, &[]);
-    let mut w = relay.connect(&first, "write");
-    w.send_binary(b"first");
-    writer_finish(&mut w, "first writer");
-    let head = c.expect_head("first response");
-    assert_eq!(head.status, 200, "{}", head.raw);
-    assert_eq!(c.read_chunked("first body").concat(), b"first");
+    write_once(
+        &mut relay.connect(&first, "write"),
+        b"first",
+        "first writer",
+    );
+    expect_chunked_response(&mut c, b"first", "first response");
     // The next request comes at once; its writer only after the head timeout passed 3×.
     c.get(&chan_path(&second, "read"), false, &[]);
     std::thread::sleep(Duration::from_millis(900));
-    let mut w = relay.connect(&second, "write");
-    w.send_binary(b"second");
-    writer_finish(&mut w, "second writer");
-    let head = c.expect_head("second response");
-    assert_eq!(head.status, 200, "{}", head.raw);
-    assert_eq!(c.read_chunked("second body").concat(), b"second");
+    write_once(
+        &mut relay.connect(&second, "write"),
+        b"second",
+        "second writer",
+    );
+    expect_chunked_response(&mut c, b"second", "second response");
 }
 
 /// A channel deleted after its HTTP response was complete, while the connection waits for
@@ -802,11 +802,12 @@ fn keep_alive_next_response_is_not_cut_by_the_previous_channels_close_timeout() 
     let (first, second) = (relay.create(), relay.create());
     let mut c = HttpConn::connect(relay.data);
     c.get(&chan_path(&first, "read"), false, &[]);
-    let mut w = relay.connect(&first, "write");
-    w.send_binary(b"first");
-    writer_finish(&mut w, "first writer");
-    assert_eq!(c.expect_head("first response").status, 200);
-    assert_eq!(c.read_chunked("first body").concat(), b"first");
+    write_once(
+        &mut relay.connect(&first, "write"),
+        b"first",
+        "first writer",
+    );
+    expect_chunked_response(&mut c, b"first", "first response");
     // Deleted while the connection waits for its next request.
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(relay.delete(&first.id), 204);
@@ -814,11 +815,8 @@ fn keep_alive_next_response_is_not_cut_by_the_previous_channels_close_timeout() 
     let mut w = relay.connect(&second, "write");
     // Past the close timeout (5 s) of the deleted channel's reader.
     std::thread::sleep(Duration::from_secs(6));
-    w.send_binary(b"second");
-    writer_finish(&mut w, "second writer");
-    let head = c.expect_head("second response");
-    assert_eq!(head.status, 200, "{}", head.raw);
-    assert_eq!(c.read_chunked("second body").concat(), b"second");
+    write_once(&mut w, b"second", "second writer");
+    expect_chunked_response(&mut c, b"second", "second response");
 }
 
 #[test]
@@ -1324,12 +1322,12 @@ fn http_reader_leaving_before_writer_frees_the_read_end() {
     );
     // A new reader is accepted and gets the stream.
     let mut c2 = HttpConn::read_channel(&relay, &ch);
-    let mut w = relay.connect(&ch, "write");
-    w.send_binary(b"after reconnect");
-    writer_finish(&mut w, "writer");
-    let h = c2.expect_head("second reader");
-    assert_eq!(h.status, 200, "{}", h.raw);
-    assert_eq!(c2.read_chunked("body").concat(), b"after reconnect");
+    write_once(
+        &mut relay.connect(&ch, "write"),
+        b"after reconnect",
+        "writer",
+    );
+    expect_chunked_response(&mut c2, b"after reconnect", "second reader");
 }
 
 /// A fragmented text (control) message whose last fragment arrives together with the first

@@ -220,7 +220,8 @@ impl Channel {
             }
             let complete = trim_to_frame_end(&mut st);
             st.tail_pending = !complete && st.writer_is_ws && st.writer_conn.is_some();
-            // A reader that does not read could hold a write (and so its Close) forever.
+            // A peer that does not read could hold a write to it (data, a Pong, our Close)
+            // forever: both WebSocket ends get a deadline to finish closing.
             if let Some(r) = &st.reader_conn {
                 arm_close_timeout(r);
             }
@@ -228,14 +229,15 @@ impl Channel {
                 if !st.writer_is_ws {
                     // An HTTP upload: wake its read; it answers with an error status.
                     w.shutdown_read();
-                } else if !st.writer_close_sent && !st.writer_busy {
-                    st.writer_close_sent = true;
-                    let (code, reason) = end.writer_close();
-                    crate::ring::spawn(send_close(w, code, reason));
-                } else if st.writer_busy {
-                    // A Pong is being written to it; a writer that does not read would hold
-                    // that write (and the Close that follows it) forever.
+                } else {
                     arm_close_timeout(&w);
+                    // While a Pong is being written to it, the writer's loop sends the Close
+                    // after it (one write at a time).
+                    if !st.writer_close_sent && !st.writer_busy {
+                        st.writer_close_sent = true;
+                        let (code, reason) = end.writer_close();
+                        crate::ring::spawn(send_close(w, code, reason));
+                    }
                 }
             }
         }
@@ -362,10 +364,9 @@ fn trim_to_frame_end(st: &mut ChannelState) -> bool {
     complete
 }
 
-/// Sends a WebSocket writer the Close of an abnormal end, and shuts its socket if it has
-/// not finished closing within `CLOSE_TIMEOUT` (a writer that never reads cannot block us).
+/// Sends a WebSocket writer the Close of an abnormal end (`finish` has armed its close
+/// timeout, so a writer that never reads cannot block us).
 pub async fn send_close(conn: Rc<Conn>, code: u16, reason: &'static str) {
-    arm_close_timeout(&conn);
     let _ = conn
         .write_all(crate::wire::frame::close_frame(code, reason))
         .await;

@@ -153,35 +153,48 @@ impl Shard {
         self.channels.borrow().get(id).cloned()
     }
 
-    /// Registers a channel and arms its TTL.
-    pub fn create(self: &Rc<Self>, id: String, key: String, buffer_bytes: usize, ttl: Duration) {
-        let ch = Rc::new(Channel::new(id.clone(), key, buffer_bytes));
-        self.shared.shard_unconnected[self.index].fetch_add(1, Relaxed);
+    /// Creates a channel and arms its TTL.
+    pub fn create(
+        self: &Rc<Self>,
+        id: String,
+        key: String,
+        buffer_bytes: usize,
+        ttl: Duration,
+    ) -> Rc<Channel> {
+        self.register(Channel::new(id, key, buffer_bytes), ttl)
+    }
+
+    /// Puts a channel in the table and starts its timers; it counts as unconnected until
+    /// an end arrives (`leave_unconnected`).
+    fn register(self: &Rc<Self>, ch: Channel, ttl: Duration) -> Rc<Channel> {
+        let ch = Rc::new(ch);
+        if !ch.ever_connected.get() {
+            self.shared.shard_unconnected[self.index].fetch_add(1, Relaxed);
+        }
         let n = {
             let mut channels = self.channels.borrow_mut();
-            channels.insert(id, ch.clone());
+            channels.insert(ch.id.clone(), ch.clone());
             channels.len()
         };
         self.shared.shard_channels[self.index].store(n, Relaxed);
         METRICS.channels_created.fetch_add(1, Relaxed);
         METRICS.channels_active.fetch_add(1, Relaxed);
-        let shard = self.clone();
+        let (shard, timed) = (self.clone(), ch.clone());
         // One timer task per channel: the TTL while an end is missing, the idle timeout once
         // both are there. It ends as soon as the channel leaves the table, so a finished
         // channel is not kept until its TTL.
-        ring::spawn(async move { shard.watch(&ch, ttl).await });
+        ring::spawn(async move { shard.watch(&timed, ttl).await });
+        ch
     }
 
     /// Creates a channel owned by this shard (its id hashes here), for requests served
-    /// where they were accepted.
+    /// where they were accepted. The relay itself is one of its ends (HTTP ingress), so it
+    /// never counts as unconnected.
     pub fn create_local(self: &Rc<Self>, buffer_bytes: usize, ttl: Duration) -> Rc<Channel> {
         let id = new_owned_id(self.index, self.shard_count());
-        let key = crate::keys::new_access_key();
-        self.create(id.clone(), key, buffer_bytes, ttl);
-        let ch = self.lookup(&id).expect("just created");
-        // The relay itself is one of its ends (HTTP ingress), from the start.
-        self.mark_connected(&ch);
-        ch
+        let ch = Channel::new(id, crate::keys::new_access_key(), buffer_bytes);
+        ch.ever_connected.set(true);
+        self.register(ch, ttl)
     }
 
     /// The channel whose `dir` end a connection with `key` may claim: known here (or a
@@ -207,7 +220,7 @@ impl Shard {
         if self.shared.draining.load(Relaxed) && !ch.is_busy() {
             return Err(Refusal::Unavailable("relay is draining"));
         }
-        self.mark_connected(&ch);
+        self.leave_unconnected(&ch);
         Ok(ch)
     }
 
@@ -235,15 +248,9 @@ impl Shard {
             return None;
         }
         let cfg = self.config();
-        self.create(
-            id.to_string(),
-            key.to_string(),
-            cfg.buffer_bytes,
-            Duration::from_secs(cfg.ttl_s),
-        );
-        let ch = self.lookup(id)?;
+        let ch = Channel::new(id.to_string(), key.to_string(), cfg.buffer_bytes);
         ch.signed_expiry.set(Some(expiry));
-        Some(ch)
+        Some(self.register(ch, Duration::from_secs(cfg.ttl_s)))
     }
 
     /// The channel's timers: an end that never arrives within `ttl` ends it
@@ -253,10 +260,7 @@ impl Shard {
         let idle = Duration::from_secs(self.config().idle_timeout_s);
         // A channel opened by a signed ref ends when the ref expires, whatever it is doing.
         let ref_expires = ch.signed_expiry.get().map(|expiry| {
-            let unix_now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            Instant::now() + Duration::from_secs(expiry.saturating_sub(unix_now))
+            Instant::now() + Duration::from_secs(expiry.saturating_sub(crate::keys::unix_now()))
         });
         loop {
             let unpaired = {
@@ -300,8 +304,8 @@ impl Shard {
         }
     }
 
-    /// An end is about to connect: the channel no longer counts as unconnected.
-    pub fn mark_connected(&self, ch: &Channel) {
+    /// The channel stops counting as unconnected: an end is about to connect, or it goes.
+    fn leave_unconnected(&self, ch: &Channel) {
         if !ch.ever_connected.replace(true) {
             self.shared.shard_unconnected[self.index].fetch_sub(1, Relaxed);
         }
@@ -312,7 +316,7 @@ impl Shard {
         if ch.removed.replace(true) {
             return;
         }
-        self.mark_connected(ch); // an unconnected channel that ends stops counting too
+        self.leave_unconnected(ch);
         let n = {
             let mut channels = self.channels.borrow_mut();
             channels.remove(&ch.id);
@@ -323,9 +327,7 @@ impl Shard {
         if let Some(expiry) = ch.signed_expiry.get() {
             let mut used = self.used_signed.borrow_mut();
             if used.len() >= USED_SIGNED_SWEEP_AT {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = crate::keys::unix_now();
                 used.retain(|_, e| *e >= now);
             }
             used.insert(ch.id.clone(), expiry);

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use super::reader::{run_http_reader, ClientWatch};
 use super::writer::feed_body;
 use super::Served;
-use crate::channel::{Channel, Shard};
+use crate::channel::Shard;
 use crate::error::{Refusal, StreamEnd};
 use crate::keys::channel_ref;
 use crate::ring::{self, Conn};
@@ -19,10 +19,6 @@ use crate::wire::ingress::{query_params, IngressRoute};
 use crate::wire::route::Direction;
 
 const NO_ENGINE: Refusal = Refusal::Unavailable("no engine subscribed to routes");
-
-fn new_ref(ch: &Channel, dir: Direction) -> serde_json::Value {
-    channel_ref(&ch.id, &ch.key, dir)
-}
 
 /// Serves one request for a registered route on this shard.
 pub async fn serve_ingress(
@@ -60,8 +56,8 @@ pub async fn serve_ingress(
         "path_params": path_params,
         "query_params": query_params(&head.query),
         "headers": headers,
-        "request_body": new_ref(&body_ch, Direction::Read),
-        "response": new_ref(&resp_ch, Direction::Write),
+        "request_body": channel_ref(&body_ch.id, &body_ch.key, Direction::Read),
+        "response": channel_ref(&resp_ch.id, &resp_ch.key, Direction::Write),
     });
     // The relay itself is the body channel's writer and the response channel's reader.
     let body_end = body_ch.claim(Direction::Write, &conn);

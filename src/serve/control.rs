@@ -24,11 +24,7 @@ pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
         let refusal = Refusal::Unavailable("control connection limit reached");
         return refuse(&conn, refusal).await;
     };
-    let cfg = shard.config();
-    let limits = HeadLimits {
-        max_bytes: cfg.max_head_bytes,
-        timeout: cfg.handshake_timeout(),
-    };
+    let limits = HeadLimits::from_config(shard.config());
     let mut requests = ControlRequests { shard };
     serve_requests(Rc::new(conn), Vec::new(), limits, &mut requests).await
 }

@@ -31,20 +31,13 @@ pub enum Mode {
     HttpWrite,
 }
 
-fn head_limits(shard: &Shard) -> HeadLimits {
-    HeadLimits {
-        max_bytes: shard.config().max_head_bytes,
-        timeout: shard.config().handshake_timeout(),
-    }
-}
-
 /// Serves a freshly accepted data-plane connection on the shard that accepted it.
 pub async fn serve_connection(dispatch: Rc<Dispatch>, conn: Conn) {
     let shard = &dispatch.shard;
     let Some(guard) = ConnGuard::admit(&shard.shared, shard.index) else {
         return refuse(&conn, Refusal::Unavailable("connection limit reached")).await;
     };
-    let limits = head_limits(shard);
+    let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {
         dispatch,
         guard: Some(guard),
@@ -180,7 +173,7 @@ pub async fn serve_handoff(dispatch: Rc<Dispatch>, h: Handoff) {
     let shard = &dispatch.shard;
     let conn = Rc::new(Conn::from_std(h.conn));
     let served = attach(shard, conn, &h.head, &h.target, h.mode, h.leftover).await;
-    let limits = head_limits(shard);
+    let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {
         dispatch: dispatch.clone(),
         guard: Some(h.guard),

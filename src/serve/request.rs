@@ -6,6 +6,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::config::Config;
 use crate::error::Refusal;
 use crate::http::Served;
 use crate::metrics::METRICS;
@@ -23,6 +24,15 @@ pub struct HeadLimits {
     pub max_bytes: usize,
     /// Longest a client may take to send it, or idle between requests.
     pub timeout: Duration,
+}
+
+impl HeadLimits {
+    pub fn from_config(cfg: &Config) -> HeadLimits {
+        HeadLimits {
+            max_bytes: cfg.max_head_bytes,
+            timeout: cfg.handshake_timeout(),
+        }
+    }
 }
 
 /// Serves one request a listener takes. `head_dog` is the connection's watchdog, still
@@ -67,8 +77,9 @@ pub(crate) async fn serve_requests<H: Handler>(
         };
         // What follows the head travels with the request, in a buffer of its own size.
         let leftover = buf[head_len..].to_vec();
-        buf.clear();
-        if !H::REUSE_HEAD_BUFFER {
+        if H::REUSE_HEAD_BUFFER {
+            buf.clear();
+        } else {
             buf = Vec::new();
         }
         match handler.serve(conn, head, leftover, &dog).await {

@@ -178,3 +178,16 @@ pub fn sha256_hex(data: &[u8]) -> String {
     s.update(data);
     s.hex()
 }
+
+/// A writer that sends `body` as one binary frame, then closes cleanly.
+pub fn write_once(w: &mut Ws, body: &[u8], what: &str) {
+    w.send_binary(body);
+    writer_finish(w, what);
+}
+
+/// The response to a channel read: `200`, then `body` as chunks.
+pub fn expect_chunked_response(c: &mut HttpConn, body: &[u8], what: &str) {
+    let head = c.expect_head(what);
+    assert_eq!(head.status, 200, "{what}: {}", head.raw);
+    assert_eq!(c.read_chunked(what).concat(), body, "{what}");
+}
