@@ -40,6 +40,9 @@ pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 96 << 20;
 pub const SMALL_READ_BYTES: usize = 2 << 10;
 /// A paired channel where nothing moved on either end for this long is closed.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3600;
+/// Seconds a channel may hold data its writer left behind while no reader is connected
+/// (then it ends, `peer_never_connected`).
+pub const DEFAULT_ABANDONED_TIMEOUT_S: u64 = 120;
 /// Time a peer has to answer our Close before its socket is shut.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a function has to start answering a routed HTTP request (then `504`).
@@ -80,6 +83,8 @@ pub struct Config {
     /// Channels created but not yet connected by either end (over → create answers 503).
     pub max_unconnected_channels: usize,
     pub idle_timeout_s: u64,
+    /// Time a channel holds data left by a gone writer with no reader connected.
+    pub abandoned_timeout_s: u64,
     pub read_buffer_bytes: usize,
     pub stream_budget_bytes: usize,
     /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
@@ -111,6 +116,7 @@ impl Default for Config {
             max_control_connections: DEFAULT_MAX_CONTROL_CONNECTIONS,
             max_unconnected_channels: DEFAULT_MAX_UNCONNECTED_CHANNELS,
             idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            abandoned_timeout_s: DEFAULT_ABANDONED_TIMEOUT_S,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             path_prefix: String::new(),
@@ -151,6 +157,12 @@ impl Config {
         in_range("ttl_s", self.ttl_s, 1, MAX_TTL_S)?;
         in_range("shards", self.shards as u64, 0, MAX_SHARDS as u64)?;
         in_range("idle_timeout_s", self.idle_timeout_s, 1, 7 * 86_400)?;
+        in_range(
+            "abandoned_timeout_s",
+            self.abandoned_timeout_s,
+            1,
+            MAX_TTL_S,
+        )?;
         in_range("ingress_timeout_ms", self.ingress_timeout_ms, 10, 3_600_000)?;
         in_range("max_frame_bytes", self.max_frame_bytes, 125, 1 << 40)?;
         in_range("max_head_bytes", self.max_head_bytes as u64, 1024, 1 << 20)?;
@@ -273,6 +285,8 @@ mod tests {
             ("idle_timeout_s = 0", "idle_timeout_s"),
             ("idle_timeout_s = 99999999999", "idle_timeout_s"),
             ("ingress_timeout_ms = 0", "ingress_timeout_ms"),
+            ("abandoned_timeout_s = 0", "abandoned_timeout_s"),
+            ("abandoned_timeout_s = 100000000", "abandoned_timeout_s"),
             ("handshake_timeout_ms = 0", "handshake_timeout_ms"),
             ("max_connections = 0", "max_connections"),
             ("max_connections_per_shard = 0", "max_connections_per_shard"),

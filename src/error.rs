@@ -89,6 +89,12 @@ pub enum StreamEnd {
     ResponseHeadTooLarge,
     /// A channel opened by a signed ref reached the ref's expiry: its life never exceeds it.
     RefExpired,
+    /// The reader kept pinging while the Pongs to it could not be written (it does not
+    /// read): more than `MAX_UNANSWERED_PINGS`.
+    PingFlood,
+    /// The writer left with no reader connected, and what it left would push the data its
+    /// shard holds for gone writers past the stream budget.
+    BufferFull,
 }
 
 impl StreamEnd {
@@ -98,12 +104,15 @@ impl StreamEnd {
             | StreamEnd::WriterDisconnected
             | StreamEnd::WriterProtocol(_)
             | StreamEnd::ResponseHeadTooLarge => Side::Writer,
-            StreamEnd::ReaderGone | StreamEnd::ReaderProtocol(_) => Side::Reader,
+            StreamEnd::ReaderGone | StreamEnd::ReaderProtocol(_) | StreamEnd::PingFlood => {
+                Side::Reader
+            }
             StreamEnd::Aborted
             | StreamEnd::PeerNeverConnected
             | StreamEnd::ShuttingDown
             | StreamEnd::IdleTimeout
-            | StreamEnd::RefExpired => Side::Internal,
+            | StreamEnd::RefExpired
+            | StreamEnd::BufferFull => Side::Internal,
         }
     }
 
@@ -131,6 +140,9 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => (1001, "idle timeout"),
             StreamEnd::ResponseHeadTooLarge => (1011, "response head too large"),
             StreamEnd::RefExpired => (1011, "ref expired"),
+            // 1008: the reader broke the relay's policy.
+            StreamEnd::PingFlood => (1008, "too many pings"),
+            StreamEnd::BufferFull => (1011, "relay buffer full"),
         }
     }
 
@@ -149,6 +161,9 @@ impl StreamEnd {
             // 1008: the writer broke the relay's policy (not the protocol).
             StreamEnd::ResponseHeadTooLarge => (1008, "response head too large"),
             StreamEnd::RefExpired => (1011, "ref expired"),
+            StreamEnd::PingFlood => (1001, "reader gone"),
+            // 1013 Try Again Later: the data was not accepted.
+            StreamEnd::BufferFull => (1013, "relay buffer full"),
         }
     }
 
@@ -164,6 +179,8 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => 408,
             StreamEnd::ResponseHeadTooLarge => 502,
             StreamEnd::RefExpired => 410,
+            StreamEnd::PingFlood => 400,
+            StreamEnd::BufferFull => 503,
         }
     }
 
@@ -181,10 +198,12 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => "idle_timeout",
             StreamEnd::ResponseHeadTooLarge => "response_head_too_large",
             StreamEnd::RefExpired => "ref_expired",
+            StreamEnd::PingFlood => "ping_flood",
+            StreamEnd::BufferFull => "buffer_full",
         }
     }
 
-    pub const ALL_LABELS: [&'static str; 11] = [
+    pub const ALL_LABELS: [&'static str; 13] = [
         "clean",
         "writer_disconnected",
         "writer_protocol",
@@ -196,6 +215,8 @@ impl StreamEnd {
         "idle_timeout",
         "response_head_too_large",
         "ref_expired",
+        "ping_flood",
+        "buffer_full",
     ];
 
     pub fn label_index(self) -> usize {

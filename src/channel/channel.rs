@@ -1,8 +1,9 @@
-//! One channel's state: which ends are connected, the bytes held between them, and how
-//! the stream ended. Lives on its owner shard only (`Rc`/`RefCell`, no locks).
+//! A channel on its owner shard (`Rc`/`RefCell`, no locks): its state machine
+//! (`state.rs`), the connections of its ends, and the wake-ups between its tasks. This is
+//! where the state machine's answers that are not a socket write of the pump's own are
+//! carried out (deadlines, the writer's Close, buffers back to the pool).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -14,69 +15,8 @@ use crate::metrics::METRICS;
 use crate::ring::{Conn, Cut, Watchdog};
 use crate::wire::route::Direction;
 
-/// Pongs owed to a reader that pings faster than it can be answered; past this, more
-/// pings go unanswered until the owed ones are sent (RFC 6455 §5.5.3 allows answering only
-/// the latest).
-pub const MAX_PENDING_PONGS: usize = 64;
-
-/// Forwarded bytes waiting for the reader: one read buffer, unmasked, with the ranges a
-/// WebSocket reader sends (`segments`) and the frame pieces an HTTP reader renders.
-pub struct Chunk {
-    pub buf: Vec<u8>,
-    pub segments: Vec<std::ops::Range<usize>>,
-    pub pieces: Vec<crate::wire::forward::Piece>,
-    /// The chunk ends exactly at a frame boundary.
-    pub at_boundary: bool,
-    /// Payload bytes and completed data frames in it (for counters).
-    pub payload_bytes: u64,
-    pub frames: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    /// Not connected yet.
-    Waiting,
-    Connected,
-    /// Was connected and has finished.
-    Finished,
-}
-
-pub struct ChannelState {
-    pub writer: Slot,
-    pub reader: Slot,
-    pub queue: VecDeque<Chunk>,
-    /// Buffer bytes this channel holds (queued chunks and the chunk being written), counted
-    /// by capacity: that is the memory it pins.
-    pub held: usize,
-    pub end: Option<StreamEnd>,
-    /// Pongs owed to the reader, as ready-to-send frames (at most `MAX_PENDING_PONGS`).
-    pub reader_pongs: Vec<u8>,
-    pub reader_pongs_count: usize,
-    /// The relay is ending the reader's connection (its Close sent, or its TCP about to be
-    /// cut): what the reader does after that is not "reader gone".
-    pub reader_close_sent: bool,
-    /// A write to the reader's socket is in flight: data (by its sender, or by the writer's
-    /// loop handing a chunk straight over) or Pongs. At most one at a time.
-    pub reader_busy: bool,
-    /// The reader speaks WebSocket (not an HTTP response).
-    pub reader_is_ws: bool,
-    /// The last chunk handed to the reader's sender ends at a frame boundary.
-    pub reader_at_boundary: bool,
-    /// The writer speaks WebSocket (not an HTTP upload).
-    pub writer_is_ws: bool,
-    /// The relay has sent (or is sending) the writer its Close.
-    pub writer_close_sent: bool,
-    /// The writer's loop is writing to the writer's socket (a Pong) right now.
-    pub writer_busy: bool,
-    /// The stream was cut short while the reader was in the middle of a frame whose end
-    /// has not been read from the writer yet: the writer's loop still forwards up to that
-    /// frame's end, so the reader can get a Close frame instead of a cut connection.
-    pub tail_pending: bool,
-    pub writer_conn: Option<Rc<Conn>>,
-    pub reader_conn: Option<Rc<Conn>>,
-    pub bytes: u64,
-    pub frames: u64,
-}
+pub use super::state::{Chunk, Kind, Slot};
+use super::state::{Core, Finished};
 
 pub struct Channel {
     pub id: String,
@@ -84,7 +24,10 @@ pub struct Channel {
     /// Most buffer bytes held before the writer is no longer read.
     pub limit: usize,
     pub created: Instant,
-    pub state: RefCell<ChannelState>,
+    /// The channel's state machine; the pump and the HTTP paths carry out what it answers.
+    pub core: RefCell<Core>,
+    pub writer_conn: RefCell<Option<Rc<Conn>>>,
+    pub reader_conn: RefCell<Option<Rc<Conn>>>,
     /// Wakes the reader's sender: data, a pong or the end is ready.
     pub reader_wake: Notify,
     /// Wakes the writer's loop: room in the buffer, or the end.
@@ -97,24 +40,16 @@ pub struct Channel {
     pub ever_connected: Cell<bool>,
     /// When bytes last moved on either end (for the idle timeout).
     pub last_activity: Cell<Instant>,
-    /// Wakes the channel's timer task when the channel leaves the table.
+    /// When the writer left data behind with no reader connected (for the abandoned-data
+    /// timeout), and the bytes of it counted against the shard's budget.
+    pub left_at: Cell<Option<Instant>>,
+    pub left_bytes: Cell<usize>,
+    /// Wakes the channel's timer task when the channel leaves the table (or its deadlines
+    /// change).
     pub retired: Notify,
     /// For a channel created from a signed ref: the ref's expiry (unix seconds). Until
     /// then the id may not be created again.
     pub signed_expiry: Cell<Option<u64>>,
-}
-
-impl ChannelState {
-    /// Whether the writer's loop may write a chunk to the reader itself: a WebSocket reader
-    /// with nothing queued, nothing being written to it, no Pong owed, and the stream not
-    /// ended.
-    pub fn reader_takes_direct_send(&self) -> bool {
-        self.reader_is_ws
-            && self.queue.is_empty()
-            && !self.reader_busy
-            && self.reader_pongs.is_empty()
-            && self.end.is_none()
-    }
 }
 
 impl Channel {
@@ -124,164 +59,151 @@ impl Channel {
             key,
             limit,
             created: Instant::now(),
-            state: RefCell::new(ChannelState {
-                writer: Slot::Waiting,
-                reader: Slot::Waiting,
-                queue: VecDeque::new(),
-                held: 0,
-                end: None,
-                reader_pongs: Vec::new(),
-                reader_pongs_count: 0,
-                reader_close_sent: false,
-                reader_busy: false,
-                reader_is_ws: false,
-                reader_at_boundary: true,
-                writer_is_ws: false,
-                writer_close_sent: false,
-                writer_busy: false,
-                tail_pending: false,
-                writer_conn: None,
-                reader_conn: None,
-                bytes: 0,
-                frames: 0,
-            }),
+            core: RefCell::new(Core::new()),
+            writer_conn: RefCell::new(None),
+            reader_conn: RefCell::new(None),
             reader_wake: Notify::new(),
             writer_wake: Notify::new(),
             reader_done: Notify::new(),
             removed: Cell::new(false),
             ever_connected: Cell::new(false),
             last_activity: Cell::new(Instant::now()),
+            left_at: Cell::new(None),
+            left_bytes: Cell::new(0),
             retired: Notify::new(),
             signed_expiry: Cell::new(None),
         }
     }
 
     pub fn slot(&self, dir: Direction) -> Slot {
-        let st = self.state.borrow();
-        match dir {
-            Direction::Read => st.reader,
-            Direction::Write => st.writer,
-        }
+        self.core.borrow().slot(dir)
     }
 
-    pub fn set_slot(&self, dir: Direction, slot: Slot) {
-        let mut st = self.state.borrow_mut();
-        match dir {
-            Direction::Read => st.reader = slot,
-            Direction::Write => st.writer = slot,
-        }
-    }
-
-    /// Claims the `dir` end for `conn`: from here on a second connection for it gets 409.
-    /// Call before the first await after checking the slot is `Waiting`.
-    pub fn claim(self: &Rc<Self>, dir: Direction, conn: &Rc<Conn>) -> ClaimedEnd {
-        let mut st = self.state.borrow_mut();
-        match dir {
-            Direction::Write => {
-                st.writer = Slot::Connected;
-                st.writer_conn = Some(conn.clone());
-            }
-            Direction::Read => {
-                st.reader = Slot::Connected;
-                st.reader_conn = Some(conn.clone());
-            }
-        }
+    /// Claims the `dir` end for `conn`, speaking `kind`: from here on a second connection
+    /// for it gets 409. Call before the first await after checking the slot is `Waiting`.
+    pub fn claim(self: &Rc<Self>, dir: Direction, conn: &Rc<Conn>, kind: Kind) -> ClaimedEnd {
+        self.core.borrow_mut().connect(dir, kind);
+        *self.conn_cell(dir).borrow_mut() = Some(conn.clone());
         ClaimedEnd {
             ch: self.clone(),
             dir,
         }
     }
 
-    pub fn end(&self) -> Option<StreamEnd> {
-        self.state.borrow().end
+    fn conn_cell(&self, dir: Direction) -> &RefCell<Option<Rc<Conn>>> {
+        match dir {
+            Direction::Read => &self.reader_conn,
+            Direction::Write => &self.writer_conn,
+        }
     }
 
-    /// Records how the stream ended (the first reason wins) and wakes both ends.
-    ///
-    /// An end that does not deliver pending data drops the queue — except the rest of a frame
-    /// the reader is in the middle of, so the reader can still get a Close frame — and tells
-    /// a WebSocket writer with a Close of its own (sent from a separate task, since the
-    /// writer's loop may be parked in a read that must not be cancelled). The writer then
-    /// answers, which completes that read.
-    pub fn finish(&self, end: StreamEnd) {
-        let mut st = self.state.borrow_mut();
-        match st.end {
-            None => st.end = Some(end),
-            // A stream whose writer already finished can still be cut short for the reader
-            // (abort, TTL, reader gone): the later, harder reason decides what the reader sees.
-            Some(prev) if prev.delivers_pending() && !end.delivers_pending() => st.end = Some(end),
-            Some(_) => return,
+    pub fn end(&self) -> Option<StreamEnd> {
+        self.core.borrow().end()
+    }
+
+    pub fn held(&self) -> usize {
+        self.core.borrow().held()
+    }
+
+    /// Records how the stream ended (the state machine decides whether this reason
+    /// stands) and carries out what follows: deadlines on connections that may not read,
+    /// the writer's Close (written from a task of its own, since the writer's loop may be
+    /// parked in a read that must not be cancelled; the writer's answer completes it), and
+    /// an HTTP upload's read woken so it answers with an error status.
+    pub fn finish(self: &Rc<Self>, end: StreamEnd) {
+        let done: Finished = self.core.borrow_mut().finish(end);
+        if !done.changed {
+            return;
         }
-        let end = st.end.expect("just set");
-        if !end.delivers_pending() {
-            if end.side() == crate::error::Side::Reader {
-                // The reader itself left: nothing more is sent to it.
-                st.reader_at_boundary = true;
-            }
-            let complete = trim_to_frame_end(&mut st);
-            st.tail_pending = !complete && st.writer_is_ws && st.writer_conn.is_some();
-            // A peer that does not read could hold a write to it (data, a Pong, our Close)
-            // forever: both WebSocket ends get a deadline to finish closing.
-            if let Some(r) = &st.reader_conn {
+        if done.arm_reader_deadline {
+            if let Some(r) = &*self.reader_conn.borrow() {
                 arm_close_timeout(r);
             }
-            if let Some(w) = st.writer_conn.clone() {
-                if !st.writer_is_ws {
-                    // An HTTP upload: wake its read; it answers with an error status.
-                    w.shutdown_read();
-                } else {
-                    arm_close_timeout(&w);
-                    // While a Pong is being written to it, the writer's loop sends the Close
-                    // after it (one write at a time).
-                    if !st.writer_close_sent && !st.writer_busy {
-                        st.writer_close_sent = true;
-                        let (code, reason) = end.writer_close();
-                        crate::ring::spawn(send_close(w, code, reason));
-                    }
-                }
+        }
+        if let Some(w) = self.writer_conn.borrow().clone() {
+            if done.shutdown_upload {
+                w.shutdown_read();
+            }
+            if done.arm_writer_deadline {
+                arm_close_timeout(&w);
+            }
+            if let Some((code, reason)) = done.writer_close {
+                crate::ring::spawn(send_close(self.clone(), w, code, reason));
             }
         }
-        drop(st);
         self.reader_wake.notify_one();
         self.writer_wake.notify_one();
     }
 
     /// Whether the channel is in use: an end is connected, or data waits for its reader.
     pub fn is_busy(&self) -> bool {
-        let st = self.state.borrow();
-        st.writer == Slot::Connected
-            || st.reader == Slot::Connected
-            || (st.reader == Slot::Waiting && !st.queue.is_empty())
+        self.core.borrow().is_busy()
     }
 
     /// Whether both ends are done with the channel.
     pub fn both_finished(&self) -> bool {
-        let st = self.state.borrow();
-        st.writer == Slot::Finished && st.reader == Slot::Finished
+        self.core.borrow().both_finished()
     }
 
-    /// Queues a chunk for the reader (dropped if the stream was already cut short).
-    pub fn push_chunk(&self, chunk: Chunk) {
-        let mut st = self.state.borrow_mut();
-        if st.end.is_some_and(|e| !e.delivers_pending()) && !st.tail_pending {
-            return;
+    /// Queues a chunk for the reader; a buffer it no longer needs goes to the pool.
+    pub fn push_chunk(&self, chunk: Chunk, pool: &crate::ring::BufPool) {
+        if let Some(buf) = self.core.borrow_mut().push(chunk) {
+            pool.put(buf);
         }
-        st.held += chunk.buf.capacity();
-        st.queue.push_back(chunk);
-        drop(st);
         self.reader_wake.notify_one();
     }
 
-    /// A queued chunk's buffer was sent (or dropped): the channel no longer holds it, so
-    /// the writer has room again; the buffer goes back to the pool.
-    pub fn recycle(&self, buf: Vec<u8>, pool: &crate::ring::BufPool) {
-        {
-            let mut st = self.state.borrow_mut();
-            st.held = st.held.saturating_sub(buf.capacity());
+    /// A write to the reader finished: `buf` (a data write's buffer, `cost` its count)
+    /// goes back to the pool and the writer has room again; a failed write means the
+    /// reader is gone.
+    pub fn reader_wrote(
+        self: &Rc<Self>,
+        buf: Option<Vec<u8>>,
+        cost: usize,
+        ok: bool,
+        pool: &crate::ring::BufPool,
+    ) {
+        self.core.borrow_mut().reader_write_done(cost, ok);
+        if let Some(buf) = buf {
+            pool.put(buf);
+            self.release_left(cost, pool);
+            self.touch();
+            self.writer_wake.notify_one();
         }
-        pool.put(buf);
-        self.touch();
-        self.writer_wake.notify_one();
+        if !ok {
+            self.finish(StreamEnd::ReaderGone);
+        }
+        self.reader_wake.notify_one();
+    }
+
+    /// Bytes the writer left behind were delivered or dropped: they stop counting against
+    /// the shard's budget.
+    pub fn release_left(&self, cost: usize, pool: &crate::ring::BufPool) {
+        let left = self.left_bytes.get();
+        if left > 0 {
+            let n = cost.min(left);
+            self.left_bytes.set(left - n);
+            pool.release_left(n);
+        }
+    }
+
+    /// The writer is gone: what it left in the channel counts against the shard's stream
+    /// budget until it is delivered or the channel goes. With no reader connected to take
+    /// it, the abandoned-data timeout starts.
+    pub fn writer_left(self: &Rc<Self>, pool: &crate::ring::BufPool) {
+        let (held, reader) = {
+            let core = self.core.borrow();
+            (core.held(), core.reader)
+        };
+        if held == 0 || self.left_bytes.get() > 0 {
+            return;
+        }
+        self.left_bytes.set(held);
+        pool.hold_left(held);
+        if reader == Slot::Waiting {
+            self.left_at.set(Some(Instant::now()));
+            self.retired.notify_one(); // the timer task takes the new deadline
+        }
     }
 
     /// Notes that bytes moved on one of the ends.
@@ -290,9 +212,9 @@ impl Channel {
     }
 
     pub fn add_forwarded(&self, bytes: u64, frames: u64) {
-        let mut st = self.state.borrow_mut();
-        st.bytes += bytes;
-        st.frames += frames;
+        let mut core = self.core.borrow_mut();
+        core.bytes += bytes;
+        core.frames += frames;
         METRICS.bytes_forwarded.fetch_add(bytes, Relaxed);
         METRICS.frames_forwarded.fetch_add(frames, Relaxed);
     }
@@ -312,64 +234,24 @@ impl ClaimedEnd {
     /// it leaves the end open for the next one). The channel goes once both ends are done.
     pub fn release(self, shard: &super::Shard) {
         let ch = &self.ch;
-        {
-            let mut st = ch.state.borrow_mut();
-            match self.dir {
-                Direction::Write => st.writer_conn = None,
-                Direction::Read => st.reader_conn = None,
-            }
-        }
-        if ch.slot(self.dir) == Slot::Connected {
-            ch.set_slot(self.dir, Slot::Finished);
+        *ch.conn_cell(self.dir).borrow_mut() = None;
+        ch.core.borrow_mut().disconnect(self.dir);
+        if self.dir == Direction::Write {
+            ch.writer_left(&shard.pool);
         }
         shard.end_finished(ch);
     }
 }
 
-impl Chunk {
-    /// Cuts the chunk after the first frame that ends in it; false if none does.
-    pub fn truncate_after_frame_end(&mut self) -> bool {
-        let Some(i) = self.pieces.iter().position(|p| p.ends) else {
-            return false;
-        };
-        let end = self.pieces[i].payload.end;
-        self.pieces.truncate(i + 1);
-        self.segments.retain(|r| r.start < end);
-        if let Some(last) = self.segments.last_mut() {
-            last.end = last.end.min(end);
-        }
-        self.payload_bytes = self.pieces.iter().map(|p| p.payload.len() as u64).sum();
-        self.frames = 1;
-        self.at_boundary = true;
-        true
-    }
-}
-
-/// Drops queued data, keeping only what completes the frame the reader is in the middle
-/// of. Returns false when that frame's end is not buffered (more must come from the writer).
-fn trim_to_frame_end(st: &mut ChannelState) -> bool {
-    let mut keep = 0;
-    let mut complete = st.reader_at_boundary;
-    if !complete {
-        for chunk in st.queue.iter_mut() {
-            keep += 1;
-            if chunk.truncate_after_frame_end() {
-                complete = true;
-                break;
-            }
-        }
-    }
-    let dropped: usize = st.queue.drain(keep..).map(|c| c.buf.capacity()).sum();
-    st.held = st.held.saturating_sub(dropped);
-    complete
-}
-
-/// Sends a WebSocket writer the Close of an abnormal end (`finish` has armed its close
-/// timeout, so a writer that never reads cannot block us).
-pub async fn send_close(conn: Rc<Conn>, code: u16, reason: &'static str) {
+/// Writes a WebSocket writer the Close of an abnormal end (`finish` armed its deadline, so
+/// a writer that never reads cannot hold this task).
+async fn send_close(ch: Rc<Channel>, conn: Rc<Conn>, code: u16, reason: &'static str) {
     let _ = conn
         .write_all(crate::wire::frame::close_frame(code, reason))
         .await;
+    let next = ch.core.borrow_mut().writer_write_done();
+    debug_assert!(next.is_none(), "one Close per writer");
+    ch.writer_wake.notify_one();
 }
 
 /// Shuts `conn` down after `CLOSE_TIMEOUT` unless it is gone by then.

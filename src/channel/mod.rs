@@ -8,6 +8,8 @@ pub mod channel;
 pub mod ping_reader;
 pub mod pump;
 pub mod shard;
+pub mod state;
 
-pub use channel::{Channel, ClaimedEnd, Slot};
+pub use channel::{Channel, ClaimedEnd};
 pub use shard::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
+pub use state::{Kind, Slot};

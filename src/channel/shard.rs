@@ -230,8 +230,8 @@ impl Shard {
             return;
         }
         let (w, r) = {
-            let st = ch.state.borrow();
-            (st.writer, st.reader)
+            let core = ch.core.borrow();
+            (core.writer, core.reader)
         };
         if w == Slot::Waiting || r == Slot::Waiting {
             ch.finish(StreamEnd::PeerNeverConnected);
@@ -254,23 +254,42 @@ impl Shard {
     }
 
     /// The channel's timers: an end that never arrives within `ttl` ends it
-    /// (`PeerNeverConnected`); once paired, nothing moving for `idle_timeout_s` ends it
+    /// (`PeerNeverConnected`), as does data a gone writer left with no reader there to take
+    /// it for `abandoned_timeout_s`; once paired, nothing moving for `idle_timeout_s` ends it
     /// (`IdleTimeout`, 1001 to both ends).
     async fn watch(&self, ch: &Rc<Channel>, ttl: Duration) {
         let idle = Duration::from_secs(self.config().idle_timeout_s);
+        let abandoned = Duration::from_secs(self.config().abandoned_timeout_s);
         // A channel opened by a signed ref ends when the ref expires, whatever it is doing.
         let ref_expires = ch.signed_expiry.get().map(|expiry| {
             Instant::now() + Duration::from_secs(expiry.saturating_sub(crate::keys::unix_now()))
         });
         loop {
-            let unpaired = {
-                let st = ch.state.borrow();
-                st.writer == Slot::Waiting || st.reader == Slot::Waiting
+            if ch.removed.get() {
+                return;
+            }
+            let (unpaired, reader_waiting) = {
+                let core = ch.core.borrow();
+                (
+                    core.writer == Slot::Waiting || core.reader == Slot::Waiting,
+                    core.reader == Slot::Waiting,
+                )
             };
             let now = Instant::now();
             if ref_expires.is_some_and(|at| now >= at) {
                 tracing::debug!(channel = %ch.id, "signed ref expired");
                 ch.finish(StreamEnd::RefExpired);
+                self.remove(ch);
+                return;
+            }
+            let left_until = ch
+                .left_at
+                .get()
+                .filter(|_| reader_waiting)
+                .map(|at| at + abandoned);
+            if left_until.is_some_and(|at| now >= at) {
+                tracing::debug!(channel = %ch.id, "data left with no reader expired");
+                ch.finish(StreamEnd::PeerNeverConnected);
                 self.remove(ch);
                 return;
             }
@@ -297,11 +316,21 @@ impl Shard {
                 deadline
             };
             let wake = ref_expires.map_or(wake, |at| wake.min(at));
+            let wake = left_until.map_or(wake, |at| wake.min(at));
+            // `retired`: the channel left the table, or a deadline changed.
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                _ = ch.retired.notified() => return,
+                _ = ch.retired.notified() => {}
             }
         }
+    }
+
+    /// Whether the writer of `ch` may leave `extra` more bytes behind: a connected reader
+    /// takes them; with none, everything gone writers left on this shard must stay within
+    /// the stream budget.
+    pub fn may_leave(&self, ch: &Channel, extra: usize) -> bool {
+        ch.slot(Direction::Read) != Slot::Waiting
+            || self.pool.left() + ch.held() + extra <= self.pool.budget()
     }
 
     /// The channel stops counting as unconnected: an end is about to connect, or it goes.
@@ -324,6 +353,7 @@ impl Shard {
         };
         self.shared.shard_channels[self.index].store(n, Relaxed);
         ch.retired.notify_one();
+        ch.release_left(ch.left_bytes.get(), &self.pool);
         if let Some(expiry) = ch.signed_expiry.get() {
             let mut used = self.used_signed.borrow_mut();
             if used.len() >= USED_SIGNED_SWEEP_AT {
@@ -347,7 +377,7 @@ impl Shard {
 
     pub fn inspect(&self, id: &str) -> Option<ChannelInfo> {
         let ch = self.lookup(id)?;
-        let st = ch.state.borrow();
+        let st = ch.core.borrow();
         let name = |s: Slot| match s {
             Slot::Waiting => "waiting",
             Slot::Connected => "connected",
@@ -361,9 +391,9 @@ impl Shard {
             reader_state: name(st.reader),
             bytes_forwarded: st.bytes,
             frames_forwarded: st.frames,
-            buffered_bytes: st.held,
+            buffered_bytes: st.held(),
             age_ms: ch.created.elapsed().as_millis() as u64,
-            ended: st.end.map(|e| e.label()),
+            ended: st.end().map(|e| e.label()),
         })
     }
 

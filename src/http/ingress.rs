@@ -10,7 +10,7 @@ use std::rc::Rc;
 use super::reader::{run_http_reader, ClientWatch};
 use super::writer::feed_body;
 use super::Served;
-use crate::channel::Shard;
+use crate::channel::{Kind, Shard};
 use crate::error::{Refusal, StreamEnd};
 use crate::keys::channel_ref;
 use crate::ring::{self, Conn};
@@ -60,8 +60,8 @@ pub async fn serve_ingress(
         "response": channel_ref(&resp_ch.id, &resp_ch.key, Direction::Write),
     });
     // The relay itself is the body channel's writer and the response channel's reader.
-    let body_end = body_ch.claim(Direction::Write, &conn);
-    let resp_end = resp_ch.claim(Direction::Read, &conn);
+    let body_end = body_ch.claim(Direction::Write, &conn, Kind::Http);
+    let resp_end = resp_ch.claim(Direction::Read, &conn, Kind::Http);
     if !shared.subscribers.publish(event.to_string()) {
         for ch in [&body_ch, &resp_ch] {
             ch.finish(StreamEnd::Aborted);

@@ -6,8 +6,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::channel::channel::{Channel, Chunk, Slot};
-use crate::channel::pump::{next_for_reader, send_segments, Next};
+use crate::channel::channel::{Channel, Chunk};
+use crate::channel::pump::send_segments;
+use crate::channel::state::ReaderStep;
 use crate::channel::Shard;
 use crate::error::StreamEnd;
 use crate::ring::{Conn, Cut, Watchdog};
@@ -15,7 +16,6 @@ use crate::wire::chunked::{last_chunk, piece_is_text, render_body, BodyFraming, 
 use crate::wire::control_msg::{parse_control_message, ControlMessage};
 use crate::wire::head::{parse_request_head, RequestHead};
 use crate::wire::response::{error_response, streamed_head, BodyDelimit};
-use crate::wire::route::Direction;
 
 /// Read size while watching the client's socket during a response: mostly to notice EOF;
 /// a pipelined next request is gathered a piece at a time.
@@ -206,7 +206,7 @@ pub async fn run_http_reader(
     let reusable = stream_response(shard, ch, conn, head, &progress).await;
     progress.done.set(true);
     if progress.client_left.get() {
-        ch.set_slot(Direction::Read, Slot::Waiting);
+        ch.core.borrow_mut().hand_back_reader();
     }
     let Some(watcher) = watcher else {
         return reusable.then_some(leftover);
@@ -244,11 +244,12 @@ async fn stream_response(
         if progress.client_left.get() {
             return false;
         }
-        match next_for_reader(ch, false) {
-            Next::Wait => ch.reader_wake.notified().await,
-            Next::Pong(_) => {} // HTTP clients do not ping
-            Next::Close(end) => break end,
-            Next::Send(mut chunk) => {
+        let step = ch.core.borrow_mut().next_reader_step();
+        match step {
+            ReaderStep::Wait => ch.reader_wake.notified().await,
+            ReaderStep::Pong(_) => unreachable!("HTTP readers are not sent Pongs"),
+            ReaderStep::End { end, .. } => break end,
+            ReaderStep::Data { mut chunk, .. } => {
                 progress.took_data.set(true);
                 let in_text_before = hs.in_text;
                 let scan = if delimit.is_none() {
@@ -258,7 +259,7 @@ async fn stream_response(
                 };
                 if scan == Scan::TooLarge {
                     // The head is not sent: the client gets 502, the writer a policy Close.
-                    ch.recycle(chunk.buf, &shard.pool);
+                    ch.reader_wrote(Some(chunk.buf), chunk.cost, true, &shard.pool);
                     ch.finish(StreamEnd::ResponseHeadTooLarge);
                     continue;
                 }
@@ -276,15 +277,14 @@ async fn stream_response(
                         .await
                         .is_err()
                     {
-                        ch.recycle(chunk.buf, &shard.pool);
-                        ch.finish(StreamEnd::ReaderGone);
+                        ch.reader_wrote(Some(chunk.buf), chunk.cost, false, &shard.pool);
                         continue;
                     }
                     delimit = Some(d);
                 }
                 let Some(d) = delimit.filter(|d| *d != BodyDelimit::NoBody) else {
                     // Only control messages so far, or a status without a body.
-                    ch.recycle(chunk.buf, &shard.pool);
+                    ch.reader_wrote(Some(chunk.buf), chunk.cost, true, &shard.pool);
                     continue;
                 };
                 let framing = if d == BodyDelimit::Chunked {
@@ -310,13 +310,11 @@ async fn stream_response(
                 }
                 let len: u64 = ranges.iter().map(|r| r.len() as u64).sum();
                 let (res, buf) = send_segments(conn, chunk.buf, &ranges).await;
-                ch.recycle(buf, &shard.pool);
-                if res.is_err() {
-                    ch.finish(StreamEnd::ReaderGone);
-                    continue;
+                if res.is_ok() {
+                    body_sent += len;
+                    ch.add_forwarded(chunk.payload_bytes, chunk.frames as u64);
                 }
-                body_sent += len;
-                ch.add_forwarded(chunk.payload_bytes, chunk.frames as u64);
+                ch.reader_wrote(Some(buf), chunk.cost, res.is_ok(), &shard.pool);
             }
         }
     };

@@ -6,6 +6,7 @@
 use std::rc::Rc;
 
 use crate::channel::channel::{Channel, Chunk};
+use crate::channel::state::READ_RECORDS_BYTES;
 use crate::channel::Shard;
 use crate::error::StreamEnd;
 use crate::ring::{BufPool, Conn};
@@ -31,7 +32,7 @@ fn frame_buf(len: usize) -> Vec<u8> {
 }
 
 /// Turns `buf[HEADROOM..HEADROOM + n]` into one binary frame and queues it.
-fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
+fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize, pool: &BufPool) {
     buf.resize(HEADROOM + n + TAILROOM, 0);
     let hl = server_header_len(n as u64);
     write_server_header(
@@ -40,22 +41,26 @@ fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
         Opcode::Binary,
         n as u64,
     );
-    ch.push_chunk(Chunk {
-        segments: std::iter::once(HEADROOM - hl..HEADROOM + n).collect(),
-        pieces: vec![Piece {
-            opcode: Opcode::Binary,
-            fin: true,
-            frame_len: n as u64,
-            payload: HEADROOM..HEADROOM + n,
-            starts: true,
-            gap_start: 0,
-            ends: true,
-        }],
-        at_boundary: true,
-        payload_bytes: n as u64,
-        frames: 1,
-        buf,
-    });
+    ch.push_chunk(
+        Chunk {
+            segments: std::iter::once(HEADROOM - hl..HEADROOM + n).collect(),
+            pieces: vec![Piece {
+                opcode: Opcode::Binary,
+                fin: true,
+                frame_len: n as u64,
+                payload: HEADROOM..HEADROOM + n,
+                starts: true,
+                gap_start: 0,
+                ends: true,
+            }],
+            at_boundary: true,
+            payload_bytes: n as u64,
+            frames: 1,
+            buf,
+            cost: 0,
+        },
+        pool,
+    );
 }
 
 /// Waits until the channel has room for another frame, or has ended. Room is the smaller
@@ -63,9 +68,10 @@ fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize) {
 /// share the budget with WebSocket writers.
 async fn wait_for_room(ch: &Channel, pool: &BufPool) {
     loop {
-        let held = ch.state.borrow().held;
+        let held = ch.held();
         let limit = ch.limit.min(pool.stream_hold_share());
-        if ch.end().is_some() || held == 0 || held + HEADROOM + UPLOAD_FRAME_BYTES <= limit {
+        let need = HEADROOM + UPLOAD_FRAME_BYTES + TAILROOM + READ_RECORDS_BYTES;
+        if ch.end().is_some() || held == 0 || held + need <= limit {
             return;
         }
         ch.writer_wake.notified().await;
@@ -99,8 +105,8 @@ pub async fn run_http_writer(
     // Answer once every byte is handed on to the reader (or the stream was cut).
     loop {
         let (drained, end) = {
-            let st = ch.state.borrow();
-            (st.queue.is_empty() && st.held == 0, st.end)
+            let core = ch.core.borrow();
+            (core.queue_is_empty() && core.held() == 0, core.end())
         };
         match end {
             Some(StreamEnd::Clean) if drained => break,
@@ -178,7 +184,7 @@ async fn read_length(
                 Ok(n) => n,
             }
         };
-        queue_frame(ch, buf, n);
+        queue_frame(ch, buf, n, pool);
         total += n as u64;
     }
     Ok((total, pending))
@@ -211,7 +217,7 @@ async fn read_chunked(
                 }
                 let mut buf = frame_buf(piece.len());
                 buf.extend_from_slice(piece);
-                queue_frame(ch, buf, piece.len());
+                queue_frame(ch, buf, piece.len(), pool);
                 total += piece.len() as u64;
             }
         }

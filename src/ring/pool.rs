@@ -23,6 +23,9 @@ pub struct BufPool {
     active_streams: Cell<usize>,
     free: RefCell<[Vec<Vec<u8>>; CLASSES]>,
     retained: Cell<usize>,
+    /// Bytes held by channels whose writer is gone, until delivered or dropped: they
+    /// still count against the budget.
+    left: Cell<usize>,
 }
 
 fn class_of(cap: usize) -> Option<usize> {
@@ -41,7 +44,26 @@ impl BufPool {
             active_streams: Cell::new(0),
             free: RefCell::new(Default::default()),
             retained: Cell::new(0),
+            left: Cell::new(0),
         }
+    }
+
+    /// The shard's stream budget (`stream_budget_bytes`).
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Bytes left behind by writers that are gone, not yet delivered.
+    pub fn left(&self) -> usize {
+        self.left.get()
+    }
+
+    pub fn hold_left(&self, n: usize) {
+        self.left.set(self.left.get() + n);
+    }
+
+    pub fn release_left(&self, n: usize) {
+        self.left.set(self.left.get().saturating_sub(n));
     }
 
     /// Counts a stream for as long as the guard lives.
@@ -50,9 +72,11 @@ impl BufPool {
         StreamGuard(self)
     }
 
-    /// Bytes an active stream may hold now.
+    /// Bytes an active stream may hold now: its share of what data left by gone writers
+    /// leaves of the budget.
     pub fn stream_hold_share(&self) -> usize {
-        (self.budget / self.active_streams.get().max(1)).max(2 * MIN_STREAM_READ)
+        let budget = self.budget.saturating_sub(self.left.get());
+        (budget / self.active_streams.get().max(1)).max(2 * MIN_STREAM_READ)
     }
 
     /// The read size for an active stream now.

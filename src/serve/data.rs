@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::admit::ConnGuard;
 use super::request::{refuse, serve_requests, Handler, HeadLimits};
 use super::thread::Dispatch;
-use crate::channel::{owner_of, Shard};
+use crate::channel::{owner_of, Kind, Shard};
 use crate::error::{Refusal, StreamEnd};
 use crate::http::reader::{run_http_reader, ClientWatch};
 use crate::http::writer::run_http_writer;
@@ -200,7 +200,11 @@ async fn attach(
         Err(refusal) => return Served::Refused(conn, refusal),
     };
     // Claimed before the first await, so a second connection for this end gets 409.
-    let end = ch.claim(target.dir, &conn);
+    let kind = match mode {
+        Mode::WebSocket => Kind::WebSocket,
+        Mode::HttpRead | Mode::HttpWrite => Kind::Http,
+    };
+    let end = ch.claim(target.dir, &conn, kind);
     tracing::debug!(channel = %ch.id, dir = target.dir.as_str(), ?mode, "end connected");
     let reusable = match mode {
         Mode::WebSocket => {
