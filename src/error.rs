@@ -23,6 +23,8 @@ pub enum Refusal {
     LengthRequired,
     /// A body over the route's limit.
     BodyTooLarge,
+    /// A body on a route or method that takes none: refused before any of it is read.
+    BodyNotAllowed,
 }
 
 impl Refusal {
@@ -45,6 +47,9 @@ impl Refusal {
                 (411, "length_required", "send the body with content-length")
             }
             Refusal::BodyTooLarge => (413, "body_too_large", "request body too large"),
+            Refusal::BodyNotAllowed => {
+                (400, "body_not_allowed", "this route takes no request body")
+            }
         }
     }
 
@@ -89,6 +94,9 @@ pub enum StreamEnd {
     ResponseHeadTooLarge,
     /// A channel opened by a signed ref reached the ref's expiry: its life never exceeds it.
     RefExpired,
+    /// A routed request's engine was dropped from the event stream (it stopped reading)
+    /// before a function took the request up: no function will come.
+    EngineDropped,
 }
 
 impl StreamEnd {
@@ -103,7 +111,8 @@ impl StreamEnd {
             | StreamEnd::PeerNeverConnected
             | StreamEnd::ShuttingDown
             | StreamEnd::IdleTimeout
-            | StreamEnd::RefExpired => Side::Internal,
+            | StreamEnd::RefExpired
+            | StreamEnd::EngineDropped => Side::Internal,
         }
     }
 
@@ -131,6 +140,7 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => (1001, "idle timeout"),
             StreamEnd::ResponseHeadTooLarge => (1011, "response head too large"),
             StreamEnd::RefExpired => (1011, "ref expired"),
+            StreamEnd::EngineDropped => (1011, "engine dropped"),
         }
     }
 
@@ -149,6 +159,7 @@ impl StreamEnd {
             // 1008: the writer broke the relay's policy (not the protocol).
             StreamEnd::ResponseHeadTooLarge => (1008, "response head too large"),
             StreamEnd::RefExpired => (1011, "ref expired"),
+            StreamEnd::EngineDropped => (1011, "engine dropped"),
         }
     }
 
@@ -164,6 +175,9 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => 408,
             StreamEnd::ResponseHeadTooLarge => 502,
             StreamEnd::RefExpired => 410,
+            // Not 504: nothing timed out for this client; the relay knows at once that no
+            // function will answer, and another engine (or a retry) may.
+            StreamEnd::EngineDropped => 503,
         }
     }
 
@@ -181,10 +195,11 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => "idle_timeout",
             StreamEnd::ResponseHeadTooLarge => "response_head_too_large",
             StreamEnd::RefExpired => "ref_expired",
+            StreamEnd::EngineDropped => "engine_dropped",
         }
     }
 
-    pub const ALL_LABELS: [&'static str; 11] = [
+    pub const ALL_LABELS: [&'static str; 12] = [
         "clean",
         "writer_disconnected",
         "writer_protocol",
@@ -196,6 +211,7 @@ impl StreamEnd {
         "idle_timeout",
         "response_head_too_large",
         "ref_expired",
+        "engine_dropped",
     ];
 
     pub fn label_index(self) -> usize {
