@@ -55,6 +55,13 @@ struct DataRequests {
 impl Handler for DataRequests {
     const REUSE_HEAD_BUFFER: bool = false;
 
+    /// Uploads (`PUT`/`POST` to a channel) and registered routes, whose functions read
+    /// the body.
+    fn takes_body(&self, head: &RequestHead) -> bool {
+        matches!(head.method, Method::Put | Method::Post)
+            || ingress_route(&self.dispatch.shard, head).is_some()
+    }
+
     async fn serve(
         &mut self,
         conn: Rc<Conn>,
@@ -139,10 +146,6 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Ref
             })
         }
     };
-    if head.has_body() && !matches!(head.method, Method::Put | Method::Post) {
-        // Its body would otherwise be read as the next request on the connection.
-        return Err(Refusal::BadRequest("this request takes no body"));
-    }
     match (&head.method, target.dir) {
         (Method::Get, _) if head.upgrade_websocket => match head.websocket_key() {
             Ok(_) => Ok((target, Mode::WebSocket)),
