@@ -47,6 +47,14 @@ pub const DEFAULT_ABANDONED_TIMEOUT_S: u64 = 120;
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a function has to start answering a routed HTTP request (then `504`).
 pub const DEFAULT_INGRESS_TIMEOUT_MS: u64 = 30_000;
+/// Events queued for one event-stream subscriber (beyond it, a routed request goes to the
+/// next subscriber, or is answered 503).
+pub const DEFAULT_SUBSCRIBER_QUEUE_EVENTS: usize = 256;
+/// Time a subscriber may leave a write of its events unfinished (or its queue full) before
+/// the relay drops it.
+pub const DEFAULT_SUBSCRIBER_STALL_TIMEOUT_MS: u64 = 10_000;
+/// Routed requests published but not yet taken up by a function, all shards together.
+pub const DEFAULT_MAX_PENDING_INGRESS_REQUESTS: usize = 10_000;
 /// Most time a drain waits for active channels to finish.
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
 /// Shortest signing secret accepted (bytes).
@@ -91,6 +99,13 @@ pub struct Config {
     pub path_prefix: String,
     /// Time a function has to connect to a routed request's response channel.
     pub ingress_timeout_ms: u64,
+    /// Events queued for one event-stream subscriber.
+    pub subscriber_queue_events: usize,
+    /// A subscriber whose event write (or full queue) does not move for this long is
+    /// dropped; the requests it had not passed on are answered 503.
+    pub subscriber_stall_timeout_ms: u64,
+    /// Routed requests waiting for a function, process-wide (over → 503).
+    pub max_pending_ingress_requests: usize,
     /// When set, signed access keys (`s1.…`) are accepted for channels the relay has never
     /// heard of (see `chanrelay mint-ref`).
     pub signing_secret: Option<String>,
@@ -121,6 +136,9 @@ impl Default for Config {
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             path_prefix: String::new(),
             ingress_timeout_ms: DEFAULT_INGRESS_TIMEOUT_MS,
+            subscriber_queue_events: DEFAULT_SUBSCRIBER_QUEUE_EVENTS,
+            subscriber_stall_timeout_ms: DEFAULT_SUBSCRIBER_STALL_TIMEOUT_MS,
+            max_pending_ingress_requests: DEFAULT_MAX_PENDING_INGRESS_REQUESTS,
             signing_secret: None,
             drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             control_token: None,
@@ -164,6 +182,24 @@ impl Config {
             MAX_TTL_S,
         )?;
         in_range("ingress_timeout_ms", self.ingress_timeout_ms, 10, 3_600_000)?;
+        in_range(
+            "subscriber_queue_events",
+            self.subscriber_queue_events as u64,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "subscriber_stall_timeout_ms",
+            self.subscriber_stall_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        in_range(
+            "max_pending_ingress_requests",
+            self.max_pending_ingress_requests as u64,
+            1,
+            10_000_000,
+        )?;
         in_range("max_frame_bytes", self.max_frame_bytes, 125, 1 << 40)?;
         in_range("max_head_bytes", self.max_head_bytes as u64, 1024, 1 << 20)?;
         in_range(
@@ -241,6 +277,10 @@ impl Config {
         Duration::from_millis(self.ingress_timeout_ms)
     }
 
+    pub fn subscriber_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.subscriber_stall_timeout_ms)
+    }
+
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
@@ -287,6 +327,23 @@ mod tests {
             ("ingress_timeout_ms = 0", "ingress_timeout_ms"),
             ("abandoned_timeout_s = 0", "abandoned_timeout_s"),
             ("abandoned_timeout_s = 100000000", "abandoned_timeout_s"),
+            ("subscriber_queue_events = 0", "subscriber_queue_events"),
+            (
+                "subscriber_queue_events = 2000000",
+                "subscriber_queue_events",
+            ),
+            (
+                "subscriber_stall_timeout_ms = 0",
+                "subscriber_stall_timeout_ms",
+            ),
+            (
+                "subscriber_stall_timeout_ms = 99999999",
+                "subscriber_stall_timeout_ms",
+            ),
+            (
+                "max_pending_ingress_requests = 0",
+                "max_pending_ingress_requests",
+            ),
             ("handshake_timeout_ms = 0", "handshake_timeout_ms"),
             ("max_connections = 0", "max_connections"),
             ("max_connections_per_shard = 0", "max_connections_per_shard"),

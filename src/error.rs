@@ -23,6 +23,8 @@ pub enum Refusal {
     LengthRequired,
     /// A body over the route's limit.
     BodyTooLarge,
+    /// A body on a route or method that takes none: refused before any of it is read.
+    BodyNotAllowed,
 }
 
 impl Refusal {
@@ -45,6 +47,9 @@ impl Refusal {
                 (411, "length_required", "send the body with content-length")
             }
             Refusal::BodyTooLarge => (413, "body_too_large", "request body too large"),
+            Refusal::BodyNotAllowed => {
+                (400, "body_not_allowed", "this route takes no request body")
+            }
         }
     }
 
@@ -95,6 +100,9 @@ pub enum StreamEnd {
     /// The writer left with no reader connected, and what it left would push the data its
     /// shard holds for gone writers past the stream budget.
     BufferFull,
+    /// A routed request's engine was dropped from the event stream (it stopped reading)
+    /// before a function took the request up: no function will come.
+    EngineDropped,
 }
 
 impl StreamEnd {
@@ -112,7 +120,8 @@ impl StreamEnd {
             | StreamEnd::ShuttingDown
             | StreamEnd::IdleTimeout
             | StreamEnd::RefExpired
-            | StreamEnd::BufferFull => Side::Internal,
+            | StreamEnd::BufferFull
+            | StreamEnd::EngineDropped => Side::Internal,
         }
     }
 
@@ -143,6 +152,7 @@ impl StreamEnd {
             // 1008: the reader broke the relay's policy.
             StreamEnd::PingFlood => (1008, "too many pings"),
             StreamEnd::BufferFull => (1011, "relay buffer full"),
+            StreamEnd::EngineDropped => (1011, "engine dropped"),
         }
     }
 
@@ -164,6 +174,7 @@ impl StreamEnd {
             StreamEnd::PingFlood => (1001, "reader gone"),
             // 1013 Try Again Later: the data was not accepted.
             StreamEnd::BufferFull => (1013, "relay buffer full"),
+            StreamEnd::EngineDropped => (1011, "engine dropped"),
         }
     }
 
@@ -181,6 +192,9 @@ impl StreamEnd {
             StreamEnd::RefExpired => 410,
             StreamEnd::PingFlood => 400,
             StreamEnd::BufferFull => 503,
+            // Not 504: nothing timed out for this client; the relay knows at once that no
+            // function will answer, and another engine (or a retry) may.
+            StreamEnd::EngineDropped => 503,
         }
     }
 
@@ -200,10 +214,11 @@ impl StreamEnd {
             StreamEnd::RefExpired => "ref_expired",
             StreamEnd::PingFlood => "ping_flood",
             StreamEnd::BufferFull => "buffer_full",
+            StreamEnd::EngineDropped => "engine_dropped",
         }
     }
 
-    pub const ALL_LABELS: [&'static str; 13] = [
+    pub const ALL_LABELS: [&'static str; 14] = [
         "clean",
         "writer_disconnected",
         "writer_protocol",
@@ -217,6 +232,7 @@ impl StreamEnd {
         "ref_expired",
         "ping_flood",
         "buffer_full",
+        "engine_dropped",
     ];
 
     pub fn label_index(self) -> usize {

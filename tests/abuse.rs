@@ -1096,12 +1096,12 @@ fn oversized_control_api_bodies_are_413() {
     );
     assert_eq!(status, Some(413), "{text:?}");
     assert!(t.elapsed() < Duration::from_secs(3));
-    // Same for other routes.
+    // A route that takes no body refuses one of any size at once (400 body_not_allowed).
     let (status, text) = raw_status(
         relay.control,
         b"DELETE /v1/channels/x HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n",
     );
-    assert_eq!(status, Some(413), "{text:?}");
+    assert_eq!(status, Some(400), "{text:?}");
     // Chunked bodies are refused (411); CL + chunked is 400.
     let (status, text) = raw_status(relay.control, b"POST /v1/channels HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
     assert_eq!(status, Some(411), "{text:?}");
@@ -1343,4 +1343,92 @@ fn control_api_slowloris_is_dropped() {
         failures.join("\n")
     );
     relay.assert_healthy("control slowloris");
+}
+
+/// A body on a route or method that takes none, on either listener, is answered `400
+/// body_not_allowed` before any of it is read, and the connection is closed: the body is
+/// never waited for, read into memory, acted on, or parsed as a next request.
+#[test]
+fn a_body_where_none_is_taken_is_refused_before_it_is_read() {
+    let mut relay = RELAY.start();
+    let ch = relay.create();
+    let expect_refused = |addr, req: &[u8], what: &str| {
+        let t = Instant::now();
+        let (got, end) = raw_exchange(addr, req, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(status_of(&got), Some(400), "{what}: {text:?}");
+        assert!(text.contains("body_not_allowed"), "{what}: {text:?}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: {text:?}");
+        assert_eq!(end, RawEnd::Eof, "{what}: connection not closed");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+    };
+    // Control listener: bodies announced and never sent are not waited for.
+    for (what, req) in [
+        (
+            "healthz",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n",
+        ),
+        (
+            "metrics",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ),
+        (
+            "routes",
+            "GET /v1/routes HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        ),
+        (
+            "events",
+            "GET /v1/events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Content-Length: 100\r\n\r\n",
+        ),
+    ] {
+        expect_refused(relay.control, req.as_bytes(), what);
+    }
+    // A DELETE whose body arrives whole is refused, not acted on.
+    let del = format!(
+        "DELETE /v1/channels/{} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789",
+        ch.id
+    );
+    expect_refused(relay.control, del.as_bytes(), "delete");
+    relay.state(&ch.id);
+    // Data plane: a download with a body that holds a second request.
+    let smuggled = "GET /ws/channels/other?key=k&dir=read HTTP/1.1\r\nHost: x\r\n\r\n";
+    let get = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        ws_path(&ch.id, &ch.key, "read"),
+        smuggled.len()
+    );
+    expect_refused(relay.data, get.as_bytes(), "download");
+    // A large body sent whole: the client still gets the answer, not a reset.
+    let big = 512 << 10;
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n",
+        ws_path(&ch.id, &ch.key, "read")
+    );
+    let mut s = tcp_connect(relay.data);
+    let mut sender = s.try_clone().unwrap();
+    let send = std::thread::spawn(move || {
+        let _ = sender.write_all(head.as_bytes());
+        let _ = sender.write_all(&vec![b'b'; big]);
+    });
+    let (got, _) = read_all_until(&mut s, Duration::from_secs(5));
+    send.join().unwrap();
+    assert_eq!(
+        status_of(&got),
+        Some(400),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // Neither end of the channel was touched: a reader and a writer still pair.
+    let mut r = relay.connect(&ch, "read");
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(b"still fine");
+    assert_eq!(r.expect_frame("reader").payload, b"still fine");
+    w.send_close(1000, "");
+    relay.assert_healthy("bodies where none is taken");
 }

@@ -103,9 +103,13 @@ fn unknown_routes_and_channels_are_404_and_wrong_methods_405() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_error_body(&r, "GET unknown channel");
     assert_eq!(relay.control("DELETE", unknown, None).status, 404);
-    let r = relay.control("PUT", "/v1/channels", Some("{}"));
+    let r = relay.control("PUT", "/v1/channels", None);
     assert_eq!(r.status, 405, "PUT /v1/channels: {}", r.text());
     assert_error_body(&r, "405");
+    // With a body, the body rule answers first: nothing takes one there.
+    let r = relay.control("PUT", "/v1/channels", Some("{}"));
+    assert_eq!(r.status, 400, "PUT /v1/channels with a body: {}", r.text());
+    assert_error_body(&r, "400");
 }
 
 #[test]

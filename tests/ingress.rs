@@ -233,3 +233,144 @@ fn path_parameters_keep_plus_and_refuse_encoded_separators() {
     resp.send_close(1000, "");
     assert_eq!(client.join().unwrap().text(), "ok");
 }
+
+/// Reads one response from `s` by `deadline`, up to EOF (each is `Connection: close`): its
+/// status and body, or `None` if no head came.
+fn response_by(s: &mut std::net::TcpStream, deadline: Instant) -> Option<(u16, String)> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .unwrap();
+    let mut rest = Vec::new();
+    let head = read_head_into(s, &mut rest).ok()?;
+    let status = Head::parse(&head).ok()?.status;
+    let (more, _) = read_all_until(s, Duration::from_secs(2));
+    rest.extend_from_slice(&more);
+    Some((status, String::from_utf8_lossy(&rest).into_owned()))
+}
+
+/// An engine that subscribes and then never reads: its queue is bounded, it is dropped
+/// within the stall timeout once its socket is full, and every request published to it is
+/// answered 503 then, not at `ingress_timeout_ms`.
+#[test]
+fn a_subscriber_that_stops_reading_is_dropped_and_its_requests_answered_at_once() {
+    const STALL: Duration = Duration::from_millis(1000);
+    // Big events (a 32 KiB header each) fill the engine's socket with a few hundred requests.
+    const REQUESTS: usize = 300;
+    let relay = RELAY.with_config(&format!(
+        "subscriber_stall_timeout_ms = {}\nsubscriber_queue_events = 8\n\
+         max_head_bytes = 65536\ningress_timeout_ms = 60000\n",
+        STALL.as_millis()
+    ));
+    put_routes(
+        &relay,
+        r#"[{"method":"GET","path":"big","route_id":"big"}]"#,
+    );
+    let engine = subscribe(&relay);
+    let rss_before = relay.rss_kib();
+    let pad = "x".repeat(32 << 10);
+    let request = format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+    let start = Instant::now();
+    let mut clients: Vec<std::net::TcpStream> = (0..REQUESTS)
+        .map(|_| {
+            let mut s = tcp_connect(relay.data);
+            use std::io::Write;
+            s.write_all(request.as_bytes()).expect("send request");
+            s
+        })
+        .collect();
+    let sent = start.elapsed();
+    // Far sooner than `ingress_timeout_ms` (60 s): the stall timeout plus slack.
+    let deadline = Instant::now() + STALL + Duration::from_secs(8);
+    let (mut unanswered, mut dropped_with_engine) = (0, 0);
+    for s in clients.iter_mut() {
+        match response_by(s, deadline) {
+            Some((status, body)) => {
+                assert_eq!(status, 503, "{body}");
+                // The others found every queue full, or no engine left.
+                dropped_with_engine += body.contains("engine_dropped") as usize;
+            }
+            None => unanswered += 1,
+        }
+    }
+    let answered_in = start.elapsed();
+    assert_eq!(
+        unanswered, 0,
+        "requests still waiting {answered_in:?} after the first was sent (sending took {sent:?})"
+    );
+    let rss_during = relay.rss_kib();
+    assert!(
+        dropped_with_engine > 0,
+        "no request was published to the engine"
+    );
+    eprintln!(
+        "{REQUESTS} requests sent in {sent:?}, all answered 503 after {answered_in:?} \
+         ({dropped_with_engine} when the engine was dropped); \
+         relay RSS {rss_before} KiB before, {rss_during} KiB after"
+    );
+    // The engine is out of the registry, and its socket is closed.
+    let gone = wait_for(Duration::from_secs(5), || {
+        (relay.control("GET", "/v1/routes", None).json()["subscribers"] == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the stalled subscriber is still registered");
+    let mut engine = engine.stream;
+    let (bytes, end) = read_all_until(&mut engine, Duration::from_secs(10));
+    assert!(
+        matches!(end, RawEnd::Reset | RawEnd::Eof),
+        "engine socket not closed: {end:?} after {} bytes",
+        bytes.len()
+    );
+    assert!(
+        rss_during < rss_before + 256 * 1024,
+        "relay memory grew from {rss_before} KiB to {rss_during} KiB"
+    );
+    // A new engine is served as usual.
+    let mut ev = subscribe(&relay);
+    let data = relay.data;
+    let client = thread::spawn(move || http_request(data, "GET", "/big", &[], None));
+    let e = next_event(&mut ev);
+    let mut resp = connect_ref(&relay, &e["response"]);
+    resp.send_binary(b"ok");
+    resp.send_close(1000, "");
+    assert_eq!(client.join().unwrap().text(), "ok");
+}
+
+/// At most `max_pending_ingress_requests` routed requests wait for a function; past that a
+/// new one is answered 503 at once, and a function connecting frees a place.
+#[test]
+fn routed_requests_waiting_for_a_function_are_capped() {
+    let relay = RELAY.with_config("max_pending_ingress_requests = 2\ningress_timeout_ms = 60000\n");
+    put_routes(
+        &relay,
+        r#"[{"method":"GET","path":"wait","route_id":"wait"}]"#,
+    );
+    let mut ev = subscribe(&relay);
+    let data = relay.data;
+    let first = thread::spawn(move || http_request(data, "GET", "/wait", &[], None));
+    let e1 = next_event(&mut ev);
+    let second = thread::spawn(move || http_request(data, "GET", "/wait", &[], None));
+    let e2 = next_event(&mut ev);
+    let t0 = Instant::now();
+    let r = http_request(relay.data, "GET", "/wait", &[], None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("max_pending_ingress_requests"),
+        "{}",
+        r.text()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // A function connects to the first request's response: it is no longer pending (it
+    // has not answered yet).
+    let mut w1 = connect_ref(&relay, &e1["response"]);
+    let fourth = thread::spawn(move || http_request(data, "GET", "/wait", &[], None));
+    let e4 = next_event(&mut ev);
+    for (e, answer) in [(&e2, "two"), (&e4, "four")] {
+        let mut w = connect_ref(&relay, &e["response"]);
+        w.send_binary(answer.as_bytes());
+        w.send_close(1000, "");
+    }
+    w1.send_binary(b"one");
+    w1.send_close(1000, "");
+    assert_eq!(first.join().unwrap().text(), "one");
+    assert_eq!(second.join().unwrap().text(), "two");
+    assert_eq!(fourth.join().unwrap().text(), "four");
+}

@@ -70,6 +70,16 @@ pub fn unauthorized() -> Response {
     Response::error(401, "unauthorized", "missing or wrong bearer token")
 }
 
+/// Whether a route takes a request body (`POST /v1/channels`, `PUT /v1/routes`); every
+/// other request with a body is refused before it is read (`serve::request`).
+pub fn takes_body(method: &Method, path: &str) -> bool {
+    // Matched as `handle` matches routes (leading slashes trimmed).
+    matches!(
+        (method, path.trim_start_matches('/')),
+        (Method::Post, "v1/channels") | (Method::Put, "v1/routes")
+    )
+}
+
 /// Serves one control request.
 pub async fn handle(
     shard: &Rc<Shard>,

@@ -4,8 +4,10 @@
 //! other, which is streamed back as the HTTP response. The engine learns of the request
 //! through its event stream (`GET /v1/events` on the control listener).
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::reader::{run_http_reader, ClientWatch};
 use super::writer::feed_body;
@@ -14,15 +16,70 @@ use crate::channel::{Kind, Shard};
 use crate::error::{Refusal, StreamEnd};
 use crate::keys::channel_ref;
 use crate::ring::{self, Conn};
+use crate::subscribers::{Delivery, NotPublished, Subscribers};
 use crate::wire::head::RequestHead;
 use crate::wire::ingress::{query_params, IngressRoute};
 use crate::wire::route::Direction;
 
 const NO_ENGINE: Refusal = Refusal::Unavailable("no engine subscribed to routes");
+const ENGINES_BUSY: Refusal =
+    Refusal::Unavailable("every engine's event queue is full (subscriber_queue_events)");
+const TOO_MANY_PENDING: Refusal = Refusal::Unavailable(
+    "too many routed requests waiting for a function (max_pending_ingress_requests)",
+);
+
+fn refusal(why: NotPublished) -> Refusal {
+    match why {
+        NotPublished::NoSubscriber => NO_ENGINE,
+        NotPublished::AllBusy => ENGINES_BUSY,
+        NotPublished::TooManyPending => TOO_MANY_PENDING,
+    }
+}
+
+/// A shard's routed requests that no function has taken up yet, by the ids of their two
+/// channels: a connection claiming an end of one of them takes the request up.
+#[derive(Default)]
+pub struct Waiting {
+    by_channel: RefCell<HashMap<String, Arc<Delivery>>>,
+}
+
+impl Waiting {
+    /// A connection claimed an end of `channel_id`: if that is a routed request's channel,
+    /// a function has taken the request up (it leaves the pending count).
+    pub fn end_connected(&self, subscribers: &Subscribers, channel_id: &str) {
+        if self.by_channel.borrow().is_empty() {
+            return;
+        }
+        let taken = self.by_channel.borrow_mut().remove(channel_id);
+        if let Some(d) = taken {
+            subscribers.taken(&d);
+        }
+    }
+}
+
+/// A published request while it is served: leaves the pending count when it ends, if no
+/// function took it up before.
+struct Published<'a> {
+    subscribers: &'a Subscribers,
+    waiting: &'a Waiting,
+    ids: [String; 2],
+    delivery: Arc<Delivery>,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        let mut by_channel = self.waiting.by_channel.borrow_mut();
+        for id in &self.ids {
+            by_channel.remove(id);
+        }
+        self.subscribers.settle(&self.delivery);
+    }
+}
 
 /// Serves one request for a registered route on this shard.
 pub async fn serve_ingress(
     shard: &Rc<Shard>,
+    waiting: &Waiting,
     conn: Rc<Conn>,
     head: RequestHead,
     route: IngressRoute,
@@ -32,6 +89,10 @@ pub async fn serve_ingress(
     let shared = &shard.shared;
     if shared.subscribers.count() == 0 {
         return Served::Refused(conn, NO_ENGINE);
+    }
+    // Checked again (exactly) when publishing; this spares the channels' set-up.
+    if shared.subscribers.pending() >= shared.subscribers.max_pending() {
+        return Served::Refused(conn, TOO_MANY_PENDING);
     }
     let cfg = shard.config();
     let body_ch = shard.create_local(cfg.buffer_bytes, cfg.ingress_timeout());
@@ -62,16 +123,43 @@ pub async fn serve_ingress(
     // The relay itself is the body channel's writer and the response channel's reader.
     let body_end = body_ch.claim(Direction::Write, &conn, Kind::Http);
     let resp_end = resp_ch.claim(Direction::Read, &conn, Kind::Http);
-    if !shared.subscribers.publish(event.to_string()) {
-        for ch in [&body_ch, &resp_ch] {
-            ch.finish(StreamEnd::Aborted);
-            shard.remove(ch);
+    let delivery = match shared.subscribers.publish(event.to_string()) {
+        Ok(d) => d,
+        Err(why) => {
+            for ch in [&body_ch, &resp_ch] {
+                ch.finish(StreamEnd::Aborted);
+                shard.remove(ch);
+            }
+            body_end.release(shard);
+            resp_end.release(shard);
+            return Served::Refused(conn, refusal(why));
         }
-        body_end.release(shard);
-        resp_end.release(shard);
-        return Served::Refused(conn, NO_ENGINE);
-    }
+    };
     tracing::debug!(route = %route.spec.route_id, %request_id, "ingress request published");
+    {
+        let mut by_channel = waiting.by_channel.borrow_mut();
+        by_channel.insert(body_ch.id.clone(), delivery.clone());
+        by_channel.insert(resp_ch.id.clone(), delivery.clone());
+    }
+    let _published = Published {
+        subscribers: &shared.subscribers,
+        waiting,
+        ids: [body_ch.id.clone(), resp_ch.id.clone()],
+        delivery: delivery.clone(),
+    };
+    // Its engine dropped before a function came: answer now, not at `ingress_timeout_ms`.
+    let orphan_watch = {
+        let (body_ch, resp_ch, shard) = (body_ch.clone(), resp_ch.clone(), shard.clone());
+        ring::spawn(async move {
+            delivery.orphaned.notified().await;
+            if delivery.is_orphaned() {
+                for ch in [&body_ch, &resp_ch] {
+                    ch.finish(StreamEnd::EngineDropped);
+                    shard.remove(ch);
+                }
+            }
+        })
+    };
     let feeder = {
         let (ch, conn, head, shard) = (body_ch.clone(), conn.clone(), head.clone(), shard.clone());
         ring::spawn(async move {
@@ -96,6 +184,8 @@ pub async fn serve_ingress(
         body_ch.finish(StreamEnd::Aborted);
     }
     let rest = feeder.await.ok().flatten();
+    // Not an in-flight read: a task waiting on a `Notify` may be dropped.
+    orphan_watch.abort();
     body_end.release(shard);
     resp_end.release(shard);
     // Still held elsewhere (a task not finished): not reusable.

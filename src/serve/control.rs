@@ -36,6 +36,10 @@ struct ControlRequests {
 impl Handler for ControlRequests {
     const REUSE_HEAD_BUFFER: bool = true;
 
+    fn takes_body(&self, head: &RequestHead) -> bool {
+        api::takes_body(&head.method, &head.path)
+    }
+
     async fn serve(
         &mut self,
         conn: Rc<Conn>,

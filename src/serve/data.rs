@@ -55,6 +55,13 @@ struct DataRequests {
 impl Handler for DataRequests {
     const REUSE_HEAD_BUFFER: bool = false;
 
+    /// Uploads (`PUT`/`POST` to a channel) and registered routes, whose functions read
+    /// the body.
+    fn takes_body(&self, head: &RequestHead) -> bool {
+        matches!(head.method, Method::Put | Method::Post)
+            || ingress_route(&self.dispatch.shard, head).is_some()
+    }
+
     async fn serve(
         &mut self,
         conn: Rc<Conn>,
@@ -76,7 +83,8 @@ impl Handler for DataRequests {
             // Served here: its channels are created on this shard. Boxed: routed requests
             // are the rare case, and their state would otherwise size the task of every
             // data-plane connection (idle channels pay for it in memory).
-            let served = ingress::serve_ingress(shard, conn, head, r, params, leftover);
+            let waiting = &self.dispatch.ingress;
+            let served = ingress::serve_ingress(shard, waiting, conn, head, r, params, leftover);
             return Box::pin(served).await;
         }
         let (target, mode) = match route(shard, &head) {
@@ -85,7 +93,7 @@ impl Handler for DataRequests {
         };
         let owner = owner_of(&target.channel_id, shard.shard_count());
         if owner == shard.index {
-            return attach(shard, conn, &head, &target, mode, leftover).await;
+            return attach(&self.dispatch, conn, &head, &target, mode, leftover).await;
         }
         // The connection's only holder is this request (the head watchdog holds a weak
         // reference): detach it from this ring and send it to the owner.
@@ -138,10 +146,6 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Ref
             })
         }
     };
-    if head.has_body() && !matches!(head.method, Method::Put | Method::Post) {
-        // Its body would otherwise be read as the next request on the connection.
-        return Err(Refusal::BadRequest("this request takes no body"));
-    }
     match (&head.method, target.dir) {
         (Method::Get, _) if head.upgrade_websocket => match head.websocket_key() {
             Ok(_) => Ok((target, Mode::WebSocket)),
@@ -172,7 +176,7 @@ pub struct Handoff {
 pub async fn serve_handoff(dispatch: Rc<Dispatch>, h: Handoff) {
     let shard = &dispatch.shard;
     let conn = Rc::new(Conn::from_std(h.conn));
-    let served = attach(shard, conn, &h.head, &h.target, h.mode, h.leftover).await;
+    let served = attach(&dispatch, conn, &h.head, &h.target, h.mode, h.leftover).await;
     let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {
         dispatch: dispatch.clone(),
@@ -188,13 +192,14 @@ pub async fn serve_handoff(dispatch: Rc<Dispatch>, h: Handoff) {
 /// On the owner shard: claims the channel end and serves it. The connection may serve
 /// another request afterwards only as a plain HTTP end (keep-alive).
 async fn attach(
-    shard: &Rc<Shard>,
+    dispatch: &Dispatch,
     conn: Rc<Conn>,
     head: &RequestHead,
     target: &ChannelTarget,
     mode: Mode,
     leftover: Vec<u8>,
 ) -> Served {
+    let shard = &dispatch.shard;
     let ch = match shard.open_end(&target.channel_id, &target.key, target.dir) {
         Ok(ch) => ch,
         Err(refusal) => return Served::Refused(conn, refusal),
@@ -205,6 +210,10 @@ async fn attach(
         Mode::HttpRead | Mode::HttpWrite => Kind::Http,
     };
     let end = ch.claim(target.dir, &conn, kind);
+    // A routed request's function has arrived: it no longer counts as pending.
+    dispatch
+        .ingress
+        .end_connected(&shard.shared.subscribers, &ch.id);
     tracing::debug!(channel = %ch.id, dir = target.dir.as_str(), ?mode, "end connected");
     let reusable = match mode {
         Mode::WebSocket => {

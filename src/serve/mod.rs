@@ -32,6 +32,7 @@ use self::thread::{run_shard, ShardSetup};
 use crate::channel::{Command, Shared};
 use crate::config::Config;
 use crate::ring;
+use crate::subscribers::Subscribers;
 
 /// A started relay.
 pub struct Running {
@@ -54,6 +55,11 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     let (handoffs, handoff_inboxes): (Vec<_>, Vec<_>) =
         (0..n).map(|_| mpsc::unbounded_channel()).unzip();
     let handoffs: Arc<[_]> = handoffs.into();
+    let subscribers = Subscribers::new(
+        config.subscriber_queue_events,
+        config.subscriber_stall_timeout(),
+        config.max_pending_ingress_requests,
+    );
     let shared = Arc::new(Shared {
         config,
         draining: AtomicBool::new(false),
@@ -64,7 +70,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         control_connections: AtomicUsize::new(0),
         commands,
         routes: Default::default(),
-        subscribers: Default::default(),
+        subscribers,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let inboxes = command_inboxes.into_iter().zip(handoff_inboxes);

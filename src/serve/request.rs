@@ -2,6 +2,13 @@
 //! request head (bounded in size and in time), hand it to the listener's handler, and
 //! either read the next request on the same connection (keep-alive) or answer a refusal
 //! and close. What a refusal looks like on the wire is decided in `error.rs`.
+//!
+//! One rule for bodies, for both listeners: a request that declares a body (a non-zero
+//! `Content-Length`, or chunked) where its route and method take none is answered `400
+//! body_not_allowed` before any of the body is read, and the connection is closed. The
+//! body is never queued, read into memory or parsed as the next request; what the client
+//! already sent of it is read and thrown away (bounded in bytes and time) after the answer,
+//! so the close does not reset the answer away.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,6 +23,13 @@ use crate::wire::head::{parse_request_head, HeadError, RequestHead};
 /// First read size for a request head; later reads grow with what is buffered, up to the
 /// head limit.
 pub const HEAD_READ_BYTES: usize = 2048;
+
+/// After refusing a body: most bytes of it read and thrown away before the close.
+pub const DISCARD_MAX_BYTES: usize = 1 << 20;
+/// After refusing a body: longest the client is given to stop sending it.
+pub const DISCARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read size while throwing a refused body away.
+const DISCARD_READ_BYTES: usize = 16 << 10;
 
 /// What bounds a request head.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +58,9 @@ pub(crate) trait Handler {
     /// (the control API: no allocation per request); wrong where a connection usually
     /// serves one long request (the data plane: an idle channel end would pin it).
     const REUSE_HEAD_BUFFER: bool;
+
+    /// Whether the request's route and method take a body (only asked when it has one).
+    fn takes_body(&self, head: &RequestHead) -> bool;
 
     async fn serve(
         &mut self,
@@ -75,6 +92,9 @@ pub(crate) async fn serve_requests<H: Handler>(
             Err(Some(refusal)) => return refuse(&conn, refusal).await,
             Err(None) => return,
         };
+        if head.has_body() && !handler.takes_body(&head) {
+            return refuse_body(&conn, &dog).await;
+        }
         // What follows the head travels with the request, in a buffer of its own size.
         let leftover = buf[head_len..].to_vec();
         if H::REUSE_HEAD_BUFFER {
@@ -105,6 +125,30 @@ pub async fn refuse(conn: &Conn, refusal: Refusal) {
     METRICS.count_refusal(status);
     tracing::debug!(status, "refused");
     let _ = conn.write_all(refusal.response()).await;
+    conn.shutdown();
+}
+
+/// Refuses a body where none is taken (see the module's rule), then closes.
+async fn refuse_body(conn: &Conn, dog: &Watchdog) {
+    let refusal = Refusal::BodyNotAllowed;
+    METRICS.count_refusal(refusal.status().0);
+    tracing::debug!("refused a body where none is taken");
+    if conn.write_all(refusal.response()).await.is_ok() {
+        conn.shutdown_write();
+        // A close with unread bytes sends a reset, which can cost the client the answer.
+        dog.expire_in(DISCARD_TIMEOUT);
+        let mut buf = Vec::with_capacity(DISCARD_READ_BYTES);
+        let mut discarded = 0;
+        while discarded < DISCARD_MAX_BYTES {
+            buf.clear();
+            let (res, b) = conn.read_append(buf, DISCARD_READ_BYTES).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
     conn.shutdown();
 }
 

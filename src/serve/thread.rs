@@ -20,6 +20,8 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// other shard threads.
 pub struct Dispatch {
     pub shard: Rc<Shard>,
+    /// This shard's routed requests that no function has taken up yet.
+    pub ingress: crate::http::ingress::Waiting,
     /// Each shard's handoff queue, by shard index.
     handoffs: Arc<[mpsc::UnboundedSender<Handoff>]>,
 }
@@ -59,6 +61,7 @@ pub async fn run_shard(shared: Arc<Shared>, setup: ShardSetup) {
     let shard = Rc::new(Shard::new(index, shared));
     let dispatch = Rc::new(Dispatch {
         shard: shard.clone(),
+        ingress: Default::default(),
         handoffs,
     });
     let s = shard.clone();
