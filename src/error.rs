@@ -23,6 +23,9 @@ pub enum Refusal {
     LengthRequired,
     /// A body over the route's limit.
     BodyTooLarge,
+    /// A new signed channel while `max_used_signed_refs` signed refs are held: used refs
+    /// are remembered until they expire, never forgotten early (that would allow a replay).
+    TooManySignedRefs,
 }
 
 impl Refusal {
@@ -45,6 +48,11 @@ impl Refusal {
                 (411, "length_required", "send the body with content-length")
             }
             Refusal::BodyTooLarge => (413, "body_too_large", "request body too large"),
+            Refusal::TooManySignedRefs => (
+                503,
+                "too_many_signed_refs",
+                "too many signed refs held until their expiry (max_used_signed_refs)",
+            ),
         }
     }
 

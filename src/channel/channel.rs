@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::error::StreamEnd;
+use crate::keys::EndKeys;
 use crate::metrics::METRICS;
 use crate::ring::{Conn, Cut, Watchdog};
 use crate::wire::route::Direction;
@@ -80,7 +81,8 @@ pub struct ChannelState {
 
 pub struct Channel {
     pub id: String,
-    pub key: String,
+    /// One key per end: each opens only its own direction.
+    pub keys: EndKeys,
     /// Most buffer bytes held before the writer is no longer read.
     pub limit: usize,
     pub created: Instant,
@@ -118,10 +120,10 @@ impl ChannelState {
 }
 
 impl Channel {
-    pub fn new(id: String, key: String, limit: usize) -> Channel {
+    pub fn new(id: String, keys: EndKeys, limit: usize) -> Channel {
         Channel {
             id,
-            key,
+            keys,
             limit,
             created: Instant::now(),
             state: RefCell::new(ChannelState {
@@ -154,6 +156,11 @@ impl Channel {
             retired: Notify::new(),
             signed_expiry: Cell::new(None),
         }
+    }
+
+    /// The key that opens the `dir` end.
+    pub fn key(&self, dir: Direction) -> &str {
+        self.keys.get(dir)
     }
 
     pub fn slot(&self, dir: Direction) -> Slot {

@@ -452,7 +452,7 @@ mod tests {
     /// loop may not write a chunk to the same socket; once they are out, it may again.
     #[test]
     fn no_direct_send_while_pongs_are_being_written() {
-        let ch = Channel::new("c".into(), "k".into(), 1 << 20);
+        let ch = Channel::new("c".into(), crate::keys::EndKeys::random(), 1 << 20);
         {
             let mut st = ch.state.borrow_mut();
             st.reader_is_ws = true;
