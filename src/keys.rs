@@ -208,6 +208,16 @@ mod tests {
             signed_key(b"s3cret", "job-42", R, 4_102_444_800),
             format!("s2.4102444800.{sig}")
         );
+        // The test vectors in docs/protocol.md.
+        let secret = b"test-signing-secret-0123456789";
+        assert_eq!(
+            signed_key(secret, "job-42", W, 4_102_444_800),
+            "s2.4102444800.IdiIRUnFPqGs_t_f8aMusAYDh_QgP5VxdYq2xxmBUoc"
+        );
+        assert_eq!(
+            signed_key(secret, "job-42", R, 4_102_444_800),
+            "s2.4102444800.4TzP2zQgSbcCNOS_PYxywyWujNJ96jHLFZosH53iEyY"
+        );
     }
 
     #[test]
