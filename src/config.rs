@@ -66,6 +66,9 @@ pub const DEFAULT_MAX_CONTROL_CONNECTIONS: usize = 1024;
 /// Channels created through the control API that no end has connected to yet (over → the
 /// create is answered 503).
 pub const DEFAULT_MAX_UNCONNECTED_CHANNELS: usize = 100_000;
+/// Signed refs held at once: channels open from one plus used ones remembered until they
+/// expire (over → a new signed channel is refused with 503).
+pub const DEFAULT_MAX_USED_SIGNED_REFS: usize = 100_000;
 /// Most shards (threads, each with its ring and listeners) a relay runs.
 pub const MAX_SHARDS: usize = 1024;
 /// Smallest `read_buffer_bytes`.
@@ -106,9 +109,11 @@ pub struct Config {
     pub subscriber_stall_timeout_ms: u64,
     /// Routed requests waiting for a function, process-wide (over → 503).
     pub max_pending_ingress_requests: usize,
-    /// When set, signed access keys (`s1.…`) are accepted for channels the relay has never
+    /// When set, signed access keys (`s2.…`) are accepted for channels the relay has never
     /// heard of (see `chanrelay mint-ref`).
     pub signing_secret: Option<String>,
+    /// Signed refs held at once (open signed channels and used refs not yet expired).
+    pub max_used_signed_refs: usize,
     /// Most time a drain (SIGTERM) waits for active channels before closing them with 1001.
     pub drain_timeout_s: u64,
     /// When set, the control API requires `Authorization: Bearer <token>`.
@@ -140,6 +145,7 @@ impl Default for Config {
             subscriber_stall_timeout_ms: DEFAULT_SUBSCRIBER_STALL_TIMEOUT_MS,
             max_pending_ingress_requests: DEFAULT_MAX_PENDING_INGRESS_REQUESTS,
             signing_secret: None,
+            max_used_signed_refs: DEFAULT_MAX_USED_SIGNED_REFS,
             drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             control_token: None,
         }
@@ -239,6 +245,12 @@ impl Config {
             16 << 20,
         )?;
         in_range("drain_timeout_s", self.drain_timeout_s, 0, 86_400)?;
+        in_range(
+            "max_used_signed_refs",
+            self.max_used_signed_refs as u64,
+            1,
+            100_000_000,
+        )?;
         if self
             .signing_secret
             .as_ref()
@@ -349,6 +361,8 @@ mod tests {
             ("max_connections_per_shard = 0", "max_connections_per_shard"),
             ("max_control_connections = 0", "max_control_connections"),
             ("max_unconnected_channels = 0", "max_unconnected_channels"),
+            ("max_used_signed_refs = 0", "max_used_signed_refs"),
+            ("max_used_signed_refs = 1000000000", "max_used_signed_refs"),
             ("read_buffer_bytes = 2048", "read_buffer_bytes"),
             ("max_head_bytes = 10", "max_head_bytes"),
             ("max_frame_bytes = 1", "max_frame_bytes"),

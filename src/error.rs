@@ -25,6 +25,9 @@ pub enum Refusal {
     BodyTooLarge,
     /// A body on a route or method that takes none: refused before any of it is read.
     BodyNotAllowed,
+    /// A new signed channel while `max_used_signed_refs` signed refs are held: used refs
+    /// are remembered until they expire, never forgotten early (that would allow a replay).
+    TooManySignedRefs,
 }
 
 impl Refusal {
@@ -50,6 +53,11 @@ impl Refusal {
             Refusal::BodyNotAllowed => {
                 (400, "body_not_allowed", "this route takes no request body")
             }
+            Refusal::TooManySignedRefs => (
+                503,
+                "too_many_signed_refs",
+                "too many signed refs held until their expiry (max_used_signed_refs)",
+            ),
         }
     }
 

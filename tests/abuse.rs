@@ -373,7 +373,7 @@ fn head_trickled_one_byte_at_a_time_still_works() {
     let ch = relay.create();
     // Reader: WebSocket upgrade, one byte per write.
     let mut rs = tcp_connect(relay.data);
-    for b in upgrade_request(&ws_path(&ch.id, &ch.key, "read")).bytes() {
+    for b in upgrade_request(&ch.path("read")).bytes() {
         rs.write_all(&[b]).unwrap();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -386,7 +386,7 @@ fn head_trickled_one_byte_at_a_time_still_works() {
     );
     // Writer: upgrade and frames, all trickled.
     let mut ws = tcp_connect(relay.data);
-    for b in upgrade_request(&ws_path(&ch.id, &ch.key, "write")).bytes() {
+    for b in upgrade_request(&ch.path("write")).bytes() {
         ws.write_all(&[b]).unwrap();
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -460,7 +460,7 @@ fn slowloris(
 fn slowloris_gets_408_or_is_closed_after_handshake_timeout() {
     let mut relay = RELAY.with_config("handshake_timeout_ms = 500\n");
     let ch = relay.create();
-    let path = ws_path(&ch.id, &ch.key, "read");
+    let path = ch.path("read");
     let cases = [
         // One byte every 50 ms, forever.
         (
@@ -603,13 +603,13 @@ fn raw_status(addr: std::net::SocketAddr, req: &[u8]) -> (Option<u16>, String) {
 fn put_head(ch: &ChannelInfo, headers: &str) -> String {
     format!(
         "PUT {} HTTP/1.1\r\nHost: relay\r\n{headers}\r\n",
-        ws_path(&ch.id, &ch.key, "write")
+        ch.path("write")
     )
 }
 
 /// The writer end is still free: a WebSocket writer gets 101 and its data goes through.
 fn writer_end_still_free(relay: &Relay, ch: &ChannelInfo, what: &str) {
-    let (resp, _ws) = relay.try_connect(&ws_path(&ch.id, &ch.key, "write"), &[]);
+    let (resp, _ws) = relay.try_connect(&ch.path("write"), &[]);
     assert_eq!(
         resp.status, 101,
         "{what}: writer end was taken by a refused request"
@@ -801,7 +801,7 @@ fn body_of_a_get_is_not_parsed_as_a_second_request() {
     let smuggled = b"GET /ws/channels/smuggled?key=k&dir=read HTTP/1.1\r\nHost: x\r\n\r\n";
     let head = format!(
         "GET {} HTTP/1.1\r\nHost: relay\r\nContent-Length: {}\r\n\r\n",
-        ws_path(&ch.id, &ch.key, "read"),
+        ch.path("read"),
         smuggled.len()
     );
     let mut s = tcp_connect(relay.data);
@@ -838,7 +838,7 @@ fn request_smuggling_on_the_upload_path_reaches_no_second_channel() {
     let mut vr = relay.connect(&victim, "read");
     let smuggled = format!(
         "PUT {} HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nSMUGGLED",
-        ws_path(&victim.id, &victim.key, "write")
+        victim.path("write")
     );
     let body = format!("0\r\n\r\n{smuggled}");
     for headers in [
@@ -887,7 +887,7 @@ fn set_headers_cannot_inject_cr_lf() {
     s.write_all(
         format!(
             "GET {} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n",
-            ws_path(&ch.id, &ch.key, "read")
+            ch.path("read")
         )
         .as_bytes(),
     )
@@ -997,7 +997,7 @@ fn invalid_percent_encoding_in_key_is_400() {
     // Well-formed but wrong: 404. The real key fully percent-encoded: accepted.
     let (resp, _) = relay.try_connect(&format!("/ws/channels/{}?key=%41%42&dir=read", ch.id), &[]);
     assert_eq!(resp.status, 404);
-    let enc: String = ch.key.bytes().map(|b| format!("%{b:02X}")).collect();
+    let enc: String = ch.reader_key.bytes().map(|b| format!("%{b:02X}")).collect();
     let (resp, _r) = relay.try_connect(&format!("/ws/channels/{}?key={enc}&dir=read", ch.id), &[]);
     assert_eq!(resp.status, 101, "fully percent-encoded key");
     relay.assert_healthy("percent");
@@ -1008,7 +1008,7 @@ fn traversal_looking_and_overlong_channel_ids_are_404() {
     let mut relay = RELAY.start();
     let ch = relay.create();
     let id = &ch.id;
-    let q = format!("?key={}&dir=read", ch.key);
+    let q = format!("?key={}&dir=read", ch.reader_key);
     let long = "a".repeat(129);
     let very_long = "b".repeat(6000);
     let targets = vec![
@@ -1131,7 +1131,7 @@ fn oversized_request_head_is_431() {
     // Exactly max_head_bytes (8 KiB) without the end of the head: all of it is read.
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nX-Pad: ",
-        ws_path(&ch.id, &ch.key, "read")
+        ch.path("read")
     )
     .into_bytes();
     req.resize(8192, b'p');
@@ -1151,11 +1151,7 @@ fn oversized_request_head_is_431() {
     }
     let (status, text) = raw_status(
         relay.data,
-        format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\n{h}\r\n",
-            ws_path(&ch.id, &ch.key, "read")
-        )
-        .as_bytes(),
+        format!("GET {} HTTP/1.1\r\nHost: x\r\n{h}\r\n", ch.path("read")).as_bytes(),
     );
     assert_eq!(
         status,
@@ -1164,7 +1160,7 @@ fn oversized_request_head_is_431() {
         head_text(text.as_bytes())
     );
     // 1 MiB of header sent in full: 431 or a closed connection, never anything else.
-    let mut big = upgrade_request(&ws_path(&ch.id, &ch.key, "read")).into_bytes();
+    let mut big = upgrade_request(&ch.path("read")).into_bytes();
     big.truncate(big.len() - 2);
     big.extend_from_slice(b"X-Big: ");
     big.extend(std::iter::repeat_n(b'z', 1 << 20));
@@ -1255,23 +1251,16 @@ fn max_connections_exceeded_is_503_before_upgrade() {
     let _bw = relay.connect(&b, "write");
     let c = relay.create();
     let mut cases = vec![
-        (
-            "ws upgrade",
-            upgrade_request(&ws_path(&c.id, &c.key, "read")).into_bytes(),
-        ),
+        ("ws upgrade", upgrade_request(&c.path("read")).into_bytes()),
         (
             "http read",
-            format!(
-                "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
-                ws_path(&c.id, &c.key, "read")
-            )
-            .into_bytes(),
+            format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", c.path("read")).into_bytes(),
         ),
         (
             "http write",
             format!(
                 "PUT {} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
-                ws_path(&c.id, &c.key, "write")
+                c.path("write")
             )
             .into_bytes(),
         ),
@@ -1297,7 +1286,7 @@ fn max_connections_exceeded_is_503_before_upgrade() {
     assert_eq!(ar.expect_close("a reader").0, 1000);
     drop((ar, aw));
     let ok = wait_for(Duration::from_secs(5), || {
-        let (resp, ws) = relay.try_connect(&ws_path(&c.id, &c.key, "read"), &[]);
+        let (resp, ws) = relay.try_connect(&c.path("read"), &[]);
         (resp.status == 101).then_some(ws)
     });
     assert!(ok.is_some(), "room never came back");
@@ -1400,7 +1389,7 @@ fn a_body_where_none_is_taken_is_refused_before_it_is_read() {
     let smuggled = "GET /ws/channels/other?key=k&dir=read HTTP/1.1\r\nHost: x\r\n\r\n";
     let get = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}",
-        ws_path(&ch.id, &ch.key, "read"),
+        ws_path(&ch.id, ch.key("read"), "read"),
         smuggled.len()
     );
     expect_refused(relay.data, get.as_bytes(), "download");
@@ -1408,7 +1397,7 @@ fn a_body_where_none_is_taken_is_refused_before_it_is_read() {
     let big = 512 << 10;
     let head = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n",
-        ws_path(&ch.id, &ch.key, "read")
+        ws_path(&ch.id, ch.key("read"), "read")
     );
     let mut s = tcp_connect(relay.data);
     let mut sender = s.try_clone().unwrap();

@@ -467,7 +467,7 @@ fn handshake_and_frames_in_one_packet() {
         let mut req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            ws_path(&ch.id, &ch.key, "write"),
+            ch.path("write"),
             relay.data,
             random_ws_key()
         )
@@ -576,7 +576,7 @@ fn pongs_never_interleave_with_data_to_a_slow_pinging_reader() {
         let mut r = reader_with_small_receive_buffer(&relay, &ch);
         let writer = {
             let relay_data = relay.data;
-            let path = ws_path(&ch.id, &ch.key, "write");
+            let path = ch.path("write");
             std::thread::spawn(move || {
                 let mut w = ws_connect(relay_data, &path);
                 let mut payload = vec![0u8; FRAME];
@@ -669,7 +669,7 @@ fn end_with_small_receive_buffer(relay: &Relay, ch: &ChannelInfo, dir: &str) -> 
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     sock.connect(&relay.data.into()).expect("connect");
     let mut s: std::net::TcpStream = sock.into();
-    let path = ws_path(&ch.id, &ch.key, dir);
+    let path = ch.path(dir);
     let key = random_ws_key();
     write!(
         s,

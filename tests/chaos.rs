@@ -382,7 +382,7 @@ fn is_cut(e: &io::Error) -> bool {
 }
 
 fn connect(data: SocketAddr, ch: &ChannelInfo, dir: &str) -> Result<Ws, String> {
-    let (resp, ws) = ws_handshake(data, &ws_path(&ch.id, &ch.key, dir), &[]);
+    let (resp, ws) = ws_handshake(data, &ch.path(dir), &[]);
     if resp.status != 101 {
         return Err(format!("{dir} handshake answered {}", resp.status));
     }
@@ -785,7 +785,8 @@ fn run_channel(relay: &Relay, plan: &Plan, t: &Totals) -> Result<(), String> {
     let v = resp.json();
     let ch = ChannelInfo {
         id: v["channel_id"].as_str().unwrap().to_string(),
-        key: v["access_key"].as_str().unwrap().to_string(),
+        writer_key: v["writer"]["access_key"].as_str().unwrap().to_string(),
+        reader_key: v["reader"]["access_key"].as_str().unwrap().to_string(),
         raw: v.clone(),
     };
     t.channels.fetch_add(1, Ordering::Relaxed);
@@ -795,7 +796,7 @@ fn run_channel(relay: &Relay, plan: &Plan, t: &Totals) -> Result<(), String> {
             return Err(format!("DELETE unused: {st}"));
         }
         for dir in ["read", "write"] {
-            let (resp, _) = ws_handshake(relay.data, &ws_path(&ch.id, &ch.key, dir), &[]);
+            let (resp, _) = ws_handshake(relay.data, &ch.path(dir), &[]);
             if resp.status != 404 {
                 return Err(format!("{dir} after DELETE: {}", resp.status));
             }

@@ -36,19 +36,28 @@ fn create_returns_refs_and_get_reports_state() {
     assert_eq!(r.status, 201, "{}", r.text());
     let v = r.json();
     let id = v["channel_id"].as_str().expect("channel_id");
-    let key = v["access_key"].as_str().expect("access_key");
     assert!(is_uuid(id), "channel_id {id:?} is not a UUID");
-    assert!(key.len() >= 22, "access_key {key:?} too short for 128 bits");
+    let mut keys = Vec::new();
     for (end, dir) in [("writer", "write"), ("reader", "read")] {
+        let obj = v[end].as_object().expect("ref object");
+        assert_eq!(obj.len(), 3, "{v}");
         assert_eq!(v[end]["channel_id"], id, "{v}");
-        assert_eq!(v[end]["access_key"], key, "{v}");
         assert_eq!(v[end]["direction"], dir, "{v}");
+        let key = v[end]["access_key"].as_str().expect("access_key");
+        // 256 random bits, hex.
+        assert_eq!(key.len(), 64, "{end} access_key {key:?}");
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key:?}");
+        keys.push(key.to_string());
     }
+    assert_ne!(keys[0], keys[1], "one key for both ends: {v}");
+    // A key that opened both ends would undo the split: none at the top level.
+    assert!(v.get("access_key").is_none(), "top-level access_key: {v}");
     // Empty JSON object and explicit values.
     let a = relay.create_with(Some("{}"));
     let b = relay.create_with(Some(r#"{"buffer_bytes": 4096, "ttl_s": 60}"#));
     assert_ne!(a.id, b.id);
-    assert_ne!(a.key, b.key);
+    assert_ne!(a.writer_key, b.writer_key);
+    assert_ne!(a.reader_key, b.reader_key);
 
     let st = relay.state(id);
     assert_eq!(st["channel_id"], id, "{st}");
@@ -63,8 +72,13 @@ fn create_returns_refs_and_get_reports_state() {
         assert!(st[k].is_u64(), "{k} missing or not an integer: {st}");
     }
     assert_eq!(st["bytes_forwarded"], 0, "{st}");
-    // The state must not leak the key.
-    assert!(!st.to_string().contains(key), "GET leaks access_key: {st}");
+    // The state must not leak either key.
+    for key in &keys {
+        assert!(
+            !st.to_string().contains(key.as_str()),
+            "GET leaks a key: {st}"
+        );
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ fn upgrade_response_declines_deflate_and_advertises_nodelay() {
     let relay = RELAY.start();
     let ch = relay.create();
     let (resp, mut r) = relay.try_connect(
-        &ws_path(&ch.id, &ch.key, "read"),
+        &ch.path("read"),
         &[
             (
                 "Sec-WebSocket-Extensions",
@@ -58,7 +58,7 @@ fn upgrade_response_declines_deflate_and_advertises_nodelay() {
     );
 
     let (wresp, mut w) = relay.try_connect(
-        &ws_path(&ch.id, &ch.key, "write"),
+        &ch.path("write"),
         &[("Sec-WebSocket-Extensions", "permessage-deflate")],
     );
     assert_eq!(wresp.status, 101, "{wresp:?}");
@@ -79,21 +79,21 @@ fn upgrade_response_declines_deflate_and_advertises_nodelay() {
 fn wrong_key_and_unknown_channel_are_404_and_consume_nothing() {
     let relay = RELAY.start();
     let ch = relay.create();
-    let mut bad = ch.key.clone();
-    let last = bad.pop().unwrap();
-    bad.push(if last == 'A' { 'B' } else { 'A' });
     for dir in ["read", "write"] {
+        let mut bad = ch.key(dir).to_string();
+        let last = bad.pop().unwrap();
+        bad.push(if last == 'A' { 'B' } else { 'A' });
         let (resp, _) = relay.try_connect(&ws_path(&ch.id, &bad, dir), &[]);
         assert_eq!(resp.status, 404, "wrong key, dir={dir}: {resp:?}");
         let (resp, _) = relay.try_connect(&ws_path(&ch.id, "x", dir), &[]);
         assert_eq!(resp.status, 404, "short wrong key, dir={dir}: {resp:?}");
         let (resp, _) = relay.try_connect(
-            &ws_path("0b0c4f0e-3a43-4a7c-9e55-0c2f4d6d8a11", &ch.key, dir),
+            &ws_path("0b0c4f0e-3a43-4a7c-9e55-0c2f4d6d8a11", ch.key(dir), dir),
             &[],
         );
         assert_eq!(resp.status, 404, "unknown channel, dir={dir}: {resp:?}");
         let other = relay.create();
-        let (resp, _) = relay.try_connect(&ws_path(&ch.id, &other.key, dir), &[]);
+        let (resp, _) = relay.try_connect(&ws_path(&ch.id, other.key(dir), dir), &[]);
         assert_eq!(
             resp.status, 404,
             "another channel's key, dir={dir}: {resp:?}"
@@ -109,12 +109,46 @@ fn wrong_key_and_unknown_channel_are_404_and_consume_nothing() {
     assert_eq!(r.expect_frame("reader").payload, b"ok");
 }
 
+/// The writer's key opens only the write end and the reader's only the read end: the other
+/// end's key is refused exactly as a wrong key is (404), before and after the rightful end
+/// connected, and takes nothing.
+#[test]
+fn a_key_opens_only_its_own_end() {
+    let relay = RELAY.start();
+    let ch = relay.create();
+    let swapped = |dir| {
+        let other = if dir == "read" { "write" } else { "read" };
+        ws_path(&ch.id, ch.key(other), dir)
+    };
+    for dir in ["read", "write"] {
+        let (resp, _) = relay.try_connect(&swapped(dir), &[]);
+        assert_eq!(resp.status, 404, "the other end's key, dir={dir}: {resp:?}");
+    }
+    let st = relay.state(&ch.id);
+    assert_eq!(st["writer_connected"], false, "{st}");
+    assert_eq!(st["reader_connected"], false, "{st}");
+    let mut w = relay.connect(&ch, "write");
+    let (resp, _) = relay.try_connect(&swapped("read"), &[]);
+    assert_eq!(resp.status, 404, "writer's key for the reader: {resp:?}");
+    let mut r = relay.connect(&ch, "read");
+    w.send_binary(b"ok");
+    assert_eq!(r.expect_frame("reader").payload, b"ok");
+    // Another channel the other way round: the reader first.
+    let ch = relay.create();
+    let mut r = relay.connect(&ch, "read");
+    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.reader_key, "write"), &[]);
+    assert_eq!(resp.status, 404, "reader's key for the writer: {resp:?}");
+    let mut w = relay.connect(&ch, "write");
+    w.send_binary(b"ok");
+    assert_eq!(r.expect_frame("reader").payload, b"ok");
+}
+
 #[test]
 fn missing_or_invalid_key_or_dir_is_400() {
     let relay = RELAY.start();
     let ch = relay.create();
     let id = &ch.id;
-    let key = &ch.key;
+    let key = &ch.reader_key;
     let cases = [
         format!("/ws/channels/{id}"),
         format!("/ws/channels/{id}?dir=read"),
@@ -139,7 +173,7 @@ fn missing_or_invalid_key_or_dir_is_400() {
 fn malformed_upgrade_is_400() {
     let relay = RELAY.start();
     let ch = relay.create();
-    let path = ws_path(&ch.id, &ch.key, "write");
+    let path = ch.path("write");
     let addr = relay.data;
     // No Sec-WebSocket-Key.
     let req = format!(
@@ -171,12 +205,12 @@ fn second_writer_and_second_reader_are_409() {
     let relay = RELAY.start();
     let ch = relay.create();
     let mut w = relay.connect(&ch, "write");
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "write"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("write"), &[]);
     assert_eq!(resp.status, 409, "second writer: {resp:?}");
     let mut r = relay.connect(&ch, "read");
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "read"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("read"), &[]);
     assert_eq!(resp.status, 409, "second reader: {resp:?}");
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "write"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("write"), &[]);
     assert_eq!(resp.status, 409, "third writer: {resp:?}");
     // The original pair is unaffected.
     w.send_binary(b"first pair");
@@ -192,13 +226,7 @@ fn wrong_method_is_405() {
     let ch = relay.create();
     for method in ["DELETE", "PATCH"] {
         for dir in ["read", "write"] {
-            let r = http_request(
-                relay.data,
-                method,
-                &ws_path(&ch.id, &ch.key, dir),
-                &[],
-                None,
-            );
+            let r = http_request(relay.data, method, &ch.path(dir), &[], None);
             assert_eq!(r.status, 405, "{method} dir={dir}: {}", r.text());
         }
     }
@@ -208,14 +236,17 @@ fn wrong_method_is_405() {
 fn key_is_percent_decoded_and_unknown_params_ignored() {
     let relay = RELAY.start();
     let ch = relay.create();
-    let enc: String = ch.key.bytes().map(|b| format!("%{b:02X}")).collect();
+    let enc: String = ch.reader_key.bytes().map(|b| format!("%{b:02X}")).collect();
     let mut r = ws_connect(
         relay.data,
         &format!("/ws/channels/{}?dir=read&foo=bar&key={enc}", ch.id),
     );
     let mut w = ws_connect(
         relay.data,
-        &format!("/ws/channels/{}?x=1&key={}&dir=write&y", ch.id, ch.key),
+        &format!(
+            "/ws/channels/{}?x=1&key={}&dir=write&y",
+            ch.id, ch.writer_key
+        ),
     );
     w.send_binary(b"ok");
     assert_eq!(r.expect_frame("reader").payload, b"ok");
@@ -225,19 +256,13 @@ fn key_is_percent_decoded_and_unknown_params_ignored() {
 fn path_prefix_is_honoured() {
     let relay = RELAY.with_config("path_prefix = \"/relay\"\n");
     let ch = relay.create();
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "read"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("read"), &[]);
     assert_eq!(
         resp.status, 404,
         "unprefixed path with a prefix configured: {resp:?}"
     );
-    let mut r = ws_connect(
-        relay.data,
-        &format!("/relay{}", ws_path(&ch.id, &ch.key, "read")),
-    );
-    let mut w = ws_connect(
-        relay.data,
-        &format!("/relay{}", ws_path(&ch.id, &ch.key, "write")),
-    );
+    let mut r = ws_connect(relay.data, &format!("/relay{}", ch.path("read")));
+    let mut w = ws_connect(relay.data, &format!("/relay{}", ch.path("write")));
     w.send_text("prefixed");
     assert_eq!(r.expect_frame("reader").payload, b"prefixed");
 }
@@ -247,7 +272,7 @@ fn slow_handshake_is_dropped() {
     let relay = RELAY.with_config("handshake_timeout_ms = 300\n");
     let ch = relay.create();
     let mut s = tcp_connect(relay.data);
-    s.write_all(format!("GET /ws/channels/{}?key={}", ch.id, ch.key).as_bytes())
+    s.write_all(format!("GET /ws/channels/{}?key={}", ch.id, ch.reader_key).as_bytes())
         .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let t = Instant::now();
@@ -275,7 +300,7 @@ fn oversized_head_is_rejected() {
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\nX-Pad: {pad}\r\n\r\n",
-        ws_path(&ch.id, &ch.key, "read"),
+        ch.path("read"),
         random_ws_key()
     );
     let _ = s.write_all(req.as_bytes()); // may fail once the relay gives up on us
@@ -309,7 +334,7 @@ fn over_connection_limit_is_503() {
     let mut r = relay.connect(&ch, "read");
     let mut w = relay.connect(&ch, "write");
     let ch2 = relay.create();
-    let (resp, _) = relay.try_connect(&ws_path(&ch2.id, &ch2.key, "read"), &[]);
+    let (resp, _) = relay.try_connect(&ch2.path("read"), &[]);
     assert_eq!(
         resp.status, 503,
         "third connection with max_connections=2: {resp:?}"
@@ -321,7 +346,7 @@ fn over_connection_limit_is_503() {
     drop(w);
     // Once the first channel is done, there is room again.
     let ok = wait_for(Duration::from_secs(3), || {
-        let (resp, ws) = relay.try_connect(&ws_path(&ch2.id, &ch2.key, "read"), &[]);
+        let (resp, ws) = relay.try_connect(&ch2.path("read"), &[]);
         if resp.status == 101 {
             Some(ws)
         } else {
@@ -439,7 +464,7 @@ fn handshake_and_frames_in_tiny_pieces() {
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        ws_path(&ch.id, &ch.key, "write"),
+        ch.path("write"),
         relay.data,
         random_ws_key()
     );

@@ -987,6 +987,53 @@ fn pipelined_gets_are_both_answered() {
     assert_eq!(c.read_chunked("second body").concat(), b"two");
 }
 
+/// Each end has its own key: over plain HTTP the writer's key opens no download and the
+/// reader's key no upload (404, the same answer as a wrong key), and the refused attempts
+/// take neither end.
+#[test]
+fn http_ends_take_only_their_own_key() {
+    let relay = RELAY.start();
+    let ch = relay.create();
+    let r = http_request(
+        relay.data,
+        "GET",
+        &ws_path(&ch.id, &ch.writer_key, "read"),
+        &[],
+        None,
+    );
+    assert_eq!(
+        r.status,
+        404,
+        "download with the writer's key: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    let r = http_request(
+        relay.data,
+        "PUT",
+        &ws_path(&ch.id, &ch.reader_key, "write"),
+        &[],
+        Some(b"x"),
+    );
+    assert_eq!(r.status, 404, "upload with the reader's key: {}", r.text());
+    let st = relay.state(&ch.id);
+    assert_eq!(st["writer_connected"], false, "{st}");
+    assert_eq!(st["reader_connected"], false, "{st}");
+    // Each key still opens its own end.
+    let mut c = HttpConn::read_channel(&relay, &ch);
+    wait_reader_connected(&relay, &ch.id);
+    let w = http_request(
+        relay.data,
+        "PUT",
+        &chan_path(&ch, "write"),
+        &[],
+        Some(b"payload"),
+    );
+    assert_eq!(w.status, 200, "{}", w.text());
+    assert_eq!(c.expect_head("download").status, 200);
+    assert_eq!(c.read_chunked("download body").concat(), b"payload");
+}
+
 #[test]
 fn http_refusals_are_json() {
     let relay = RELAY.start();

@@ -92,7 +92,7 @@ fn delete_aborts_both_ends_with_1011() {
     let g = relay.control("GET", &format!("/v1/channels/{}", ch.id), None);
     assert_eq!(g.status, 404, "deleted channel still visible: {}", g.text());
     assert_eq!(relay.delete(&ch.id), 404, "second DELETE");
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "read"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("read"), &[]);
     assert_eq!(resp.status, 404, "connect to deleted channel: {resp:?}");
 }
 
@@ -175,7 +175,7 @@ fn unused_channel_is_swept_after_ttl() {
         gone.is_some(),
         "channel with ttl_s=1 still present after 6 s"
     );
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "write"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("write"), &[]);
     assert_eq!(resp.status, 404, "{resp:?}");
 }
 
@@ -374,6 +374,6 @@ fn delete_while_writer_is_throttled_aborts_both() {
     assert_eq!((code, reason.as_str()), (1011, "channel aborted"));
     let _ = w.stream.shutdown(std::net::Shutdown::Both);
     pusher.join().unwrap();
-    let (resp, _) = relay.try_connect(&ws_path(&ch.id, &ch.key, "read"), &[]);
+    let (resp, _) = relay.try_connect(&ch.path("read"), &[]);
     assert_eq!(resp.status, 404, "{resp:?}");
 }

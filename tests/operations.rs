@@ -34,7 +34,7 @@ fn sigterm_drains_active_channels_then_exits_zero() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(relay.control("POST", "/v1/channels", None).status, 503);
-    let (hs, _) = relay.try_connect(&ws_path(&idle.id, &idle.key, "write"), &[]);
+    let (hs, _) = relay.try_connect(&idle.path("write"), &[]);
     assert_eq!(
         hs.status, 503,
         "an unused channel is not started while draining"
@@ -87,8 +87,9 @@ fn second_signal_exits_at_once() {
     assert!(!st.success());
 }
 
+/// Refs from `chanrelay mint-ref` of the binary under test (the relay's own format).
 fn mint(channel_id: &str, ttl: u64, secret: &str) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_chanrelay"))
+    let out = Command::new(RELAY.bin())
         .args([
             "mint-ref",
             "--channel-id",
@@ -107,13 +108,23 @@ fn mint(channel_id: &str, ttl: u64, secret: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("mint-ref JSON")
 }
 
+/// The data-plane path of a minted ref's `dir` end, with that end's key.
+fn signed_path(refs: &serde_json::Value, dir: &str) -> String {
+    let end = if dir == "write" { "writer" } else { "reader" };
+    let r = &refs[end];
+    assert_eq!(r["direction"], dir, "{refs}");
+    ws_path(
+        r["channel_id"].as_str().unwrap(),
+        r["access_key"].as_str().unwrap(),
+        dir,
+    )
+}
+
 #[test]
 fn signed_refs_open_a_channel_once() {
     let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
     let refs = mint("job-signed-1", 60, SECRET);
-    let key = refs["access_key"].as_str().unwrap();
-    assert_eq!(refs["writer"]["direction"], "write");
-    let path = |dir| ws_path("job-signed-1", key, dir);
+    let path = |dir| signed_path(&refs, dir);
     let mut r = ws_connect(relay.data, &path("read"));
     let mut w = ws_connect(relay.data, &path("write"));
     transfer(&mut w, &mut r, b"signed");
@@ -136,17 +147,100 @@ fn signed_refs_open_a_channel_once() {
     }
     // Another secret, or another channel id with this key: 404.
     let forged = mint("job-signed-2", 60, "some-other-secret-0123456789");
-    let (hs, _) = relay.try_connect(
-        &ws_path(
-            "job-signed-2",
-            forged["access_key"].as_str().unwrap(),
-            "read",
-        ),
-        &[],
-    );
+    let (hs, _) = relay.try_connect(&signed_path(&forged, "read"), &[]);
     assert_eq!(hs.status, 404);
+    let key = refs["reader"]["access_key"].as_str().unwrap();
     let (hs, _) = relay.try_connect(&ws_path("job-signed-3", key, "read"), &[]);
     assert_eq!(hs.status, 404);
+}
+
+/// A signed key is signed for one direction: the writer's cannot open the read end (nor
+/// create the channel as its reader), and the reader's cannot open the write end.
+#[test]
+fn a_signed_ref_opens_only_its_own_direction() {
+    let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
+    let refs = mint("job-directed", 60, SECRET);
+    let (w_key, r_key) = (
+        refs["writer"]["access_key"].as_str().unwrap(),
+        refs["reader"]["access_key"].as_str().unwrap(),
+    );
+    // Neither key creates the channel from the wrong end.
+    let (hs, _) = relay.try_connect(&ws_path("job-directed", w_key, "read"), &[]);
+    assert_eq!(hs.status, 404, "writer key as the first reader");
+    let (hs, _) = relay.try_connect(&ws_path("job-directed", r_key, "write"), &[]);
+    assert_eq!(hs.status, 404, "reader key as the first writer");
+    // Once the channel exists (its writer connected), the writer key still opens no reader.
+    let mut w = ws_connect(relay.data, &signed_path(&refs, "write"));
+    let (hs, _) = relay.try_connect(&ws_path("job-directed", w_key, "read"), &[]);
+    assert_eq!(hs.status, 404, "writer key for the read end");
+    let mut r = ws_connect(relay.data, &signed_path(&refs, "read"));
+    transfer(&mut w, &mut r, b"directed");
+
+    // The same the other way round: the reader creates the channel.
+    let refs = mint("job-directed-2", 60, SECRET);
+    let r_key = refs["reader"]["access_key"].as_str().unwrap();
+    let mut r = ws_connect(relay.data, &signed_path(&refs, "read"));
+    let (hs, _) = relay.try_connect(&ws_path("job-directed-2", r_key, "write"), &[]);
+    assert_eq!(hs.status, 404, "reader key for the write end");
+    let mut w = ws_connect(relay.data, &signed_path(&refs, "write"));
+    transfer(&mut w, &mut r, b"directed");
+}
+
+/// Used signed refs are remembered until they expire, and never forgotten early: once
+/// `max_used_signed_refs` are held, a new signed channel is refused (503, JSON) while the
+/// refs already held still open no channel again.
+#[test]
+fn used_signed_refs_are_bounded_and_a_full_memory_refuses_with_503() {
+    let relay = RELAY.with_config(&format!(
+        "signing_secret = \"{SECRET}\"\nmax_used_signed_refs = 2\n"
+    ));
+    for i in 0..2 {
+        let refs = mint(&format!("job-cap-{i}"), 60, SECRET);
+        let mut w = ws_connect(relay.data, &signed_path(&refs, "write"));
+        let mut r = ws_connect(relay.data, &signed_path(&refs, "read"));
+        transfer(&mut w, &mut r, b"used");
+        w.send_close(1000, "");
+        assert_eq!(r.expect_close("reader").0, 1000);
+        r.send_close(1000, "");
+    }
+    let refs = mint("job-cap-2", 60, SECRET);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (hs, _) = relay.try_connect(&signed_path(&refs, "read"), &[]);
+        if hs.status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a new signed channel with the memory full: {}",
+            hs.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same refusal over plain HTTP, with its JSON body.
+    let resp = http_request(relay.data, "GET", &signed_path(&refs, "read"), &[], None);
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    let body = resp.json();
+    assert_eq!(body["error"]["code"], "too_many_signed_refs", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_used_signed_refs")),
+        "{body}"
+    );
+    let (hs, _) = relay.try_connect(&signed_path(&refs, "write"), &[]);
+    assert_eq!(hs.status, 503, "the writer end as well");
+    // The used refs were not forgotten to make room.
+    for i in 0..2 {
+        let used = mint(&format!("job-cap-{i}"), 60, SECRET);
+        let (hs, _) = relay.try_connect(&signed_path(&used, "write"), &[]);
+        assert_eq!(hs.status, 404, "job-cap-{i} replayed");
+    }
+    // Channels created through the control API are not affected.
+    let ch = relay.create();
+    let mut w = relay.connect(&ch, "write");
+    let mut r = relay.connect(&ch, "read");
+    transfer(&mut w, &mut r, b"plain");
 }
 
 #[test]
@@ -154,17 +248,11 @@ fn expired_signed_ref_is_404_and_signing_is_off_without_a_secret() {
     let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
     let refs = mint("job-expiring", 1, SECRET);
     std::thread::sleep(Duration::from_millis(2100));
-    let (hs, _) = relay.try_connect(
-        &ws_path("job-expiring", refs["access_key"].as_str().unwrap(), "read"),
-        &[],
-    );
+    let (hs, _) = relay.try_connect(&signed_path(&refs, "read"), &[]);
     assert_eq!(hs.status, 404);
     let plain = RELAY.start();
     let refs = mint("job-x", 60, SECRET);
-    let (hs, _) = plain.try_connect(
-        &ws_path("job-x", refs["access_key"].as_str().unwrap(), "read"),
-        &[],
-    );
+    let (hs, _) = plain.try_connect(&signed_path(&refs, "read"), &[]);
     assert_eq!(hs.status, 404);
 }
 
@@ -182,17 +270,22 @@ fn access_keys_never_appear_in_logs() {
         transfer(&mut w, &mut r, b"secret payload");
         w.send_close(1000, "");
         assert_eq!(r.expect_close("reader").0, 1000);
-        keys.push(ch.key.clone());
+        keys.push(ch.writer_key.clone());
+        keys.push(ch.reader_key.clone());
         // A wrong key and a second writer with the right one.
         let (hs, _) = relay.try_connect(&ws_path(&ch.id, "wrong-key-123", "write"), &[]);
         assert_eq!(hs.status, 404);
     }
     let refs = mint("job-log", 60, SECRET);
-    let key = refs["access_key"].as_str().unwrap().to_string();
-    let mut r = ws_connect(relay.data, &ws_path("job-log", &key, "read"));
-    let mut w = ws_connect(relay.data, &ws_path("job-log", &key, "write"));
+    let mut r = ws_connect(relay.data, &signed_path(&refs, "read"));
+    let mut w = ws_connect(relay.data, &signed_path(&refs, "write"));
     transfer(&mut w, &mut r, b"signed");
-    keys.push(key);
+    for end in ["writer", "reader"] {
+        let key = refs[end]["access_key"].as_str().unwrap();
+        keys.push(key.to_string());
+        // A signed key's signature part is what must stay secret.
+        keys.push(key.rsplit('.').next().unwrap().to_string());
+    }
     let log = relay.log_all();
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),
@@ -239,7 +332,7 @@ fn per_shard_connection_limit_is_503_before_the_upgrade() {
     let _w = relay.connect(&a, "write");
     let _r = relay.connect(&a, "read");
     let b = relay.create();
-    let (hs, _) = relay.try_connect(&ws_path(&b.id, &b.key, "write"), &[]);
+    let (hs, _) = relay.try_connect(&b.path("write"), &[]);
     assert_eq!(hs.status, 503);
 }
 
@@ -250,9 +343,8 @@ fn a_signed_channel_ends_when_its_ref_expires() {
     let relay = RELAY.with_config(&format!("signing_secret = \"{SECRET}\"\n"));
     let t0 = Instant::now();
     let refs = mint("job-short-lived", 2, SECRET);
-    let key = refs["access_key"].as_str().unwrap();
-    let mut r = ws_connect(relay.data, &ws_path("job-short-lived", key, "read"));
-    let mut w = ws_connect(relay.data, &ws_path("job-short-lived", key, "write"));
+    let mut r = ws_connect(relay.data, &signed_path(&refs, "read"));
+    let mut w = ws_connect(relay.data, &signed_path(&refs, "write"));
     let reader = std::thread::spawn(move || r.read_until_close("reader"));
     // Keep the channel busy past the expiry (so neither TTL nor idle timeout applies).
     while t0.elapsed() < Duration::from_secs(5) {

@@ -238,6 +238,29 @@ async fn bogus_ref_and_wrong_key_are_404() {
 }
 
 #[tokio::test]
+async fn each_ref_opens_only_its_own_end() {
+    let relay = TestRelay::start();
+    let ch = relay.relay().create_channel().await.unwrap();
+    assert_ne!(ch.writer_ref.access_key, ch.reader_ref.access_key);
+    // The writer's key with the read direction, and the reader's with the write one.
+    let mut as_reader = ch.writer_ref.clone();
+    as_reader.direction = Direction::Read;
+    let mut reader = ChannelReader::new(&relay.ws_url(), &as_reader);
+    assert_eq!(reader.connect().await.unwrap_err().status(), Some(404));
+    let mut as_writer = ch.reader_ref.clone();
+    as_writer.direction = Direction::Write;
+    let mut writer = ChannelWriter::new(&relay.ws_url(), &as_writer);
+    assert_eq!(writer.write(b"x").await.unwrap_err().status(), Some(404));
+    // The refs as given still pair up.
+    let mut reader = ChannelReader::new(&relay.ws_url(), &ch.reader_ref);
+    reader.connect().await.unwrap();
+    let mut writer = ChannelWriter::new(&relay.ws_url(), &ch.writer_ref);
+    writer.write(b"own").await.unwrap();
+    writer.close().await.unwrap();
+    assert_eq!(reader.read_all().await.unwrap(), b"own");
+}
+
+#[tokio::test]
 async fn second_reader_is_409() {
     let relay = TestRelay::start();
     let mut ch = relay.relay().create_channel().await.unwrap();

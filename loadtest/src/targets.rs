@@ -339,12 +339,8 @@ impl Targets {
         self.relay.as_ref().expect("relay configured")
     }
 
-    /// Creates a channel on the relay: (channel_id, access_key).
-    pub fn create_channel(
-        &self,
-        http: &mut Http,
-        opts: &ChannelOpts,
-    ) -> io::Result<(String, String)> {
+    /// Creates a channel on the relay: its id and each end's key.
+    pub fn create_channel(&self, http: &mut Http, opts: &ChannelOpts) -> io::Result<Created> {
         let body = match opts.buffer_bytes {
             Some(b) => format!("{{\"buffer_bytes\":{b}}}"),
             None => String::new(),
@@ -356,12 +352,16 @@ impl Targets {
             )));
         }
         let v: serde_json::Value = serde_json::from_str(&body).map_err(io::Error::other)?;
-        let id = v["channel_id"].as_str().unwrap_or_default().to_string();
-        let key = v["access_key"].as_str().unwrap_or_default().to_string();
-        if id.is_empty() || key.is_empty() {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let created = Created {
+            id: text(&v["channel_id"]),
+            writer_key: percent_encode(&text(&v["writer"]["access_key"])),
+            reader_key: percent_encode(&text(&v["reader"]["access_key"])),
+        };
+        if created.id.is_empty() || created.writer_key.is_empty() || created.reader_key.is_empty() {
             return Err(io::Error::other(format!("create channel: bad body {body}")));
         }
-        Ok((id, key))
+        Ok(created)
     }
 
     /// Opens a connected (writer, reader) pair on `sys`. `http` is the caller's keep-alive
@@ -370,15 +370,18 @@ impl Targets {
         match sys {
             System::Relay => {
                 let r = self.relay();
-                let (id, key) = self.create_channel(http, opts)?;
-                let key_enc = percent_encode(&key);
+                let Created {
+                    id,
+                    writer_key,
+                    reader_key,
+                } = self.create_channel(http, opts)?;
                 let writer = ws::connect(
                     &r.data,
-                    &format!("/ws/channels/{id}?key={key_enc}&dir=write"),
+                    &format!("/ws/channels/{id}?key={writer_key}&dir=write"),
                 )?;
                 let reader = ws::connect(
                     &r.data,
-                    &format!("/ws/channels/{id}?key={key_enc}&dir=read"),
+                    &format!("/ws/channels/{id}?key={reader_key}&dir=read"),
                 )?;
                 Ok(Pair {
                     writer,
@@ -422,17 +425,20 @@ impl Targets {
         match sys {
             System::Relay => {
                 let r = self.relay();
-                let (id, key) = self.create_channel(http, opts)?;
-                let key_enc = percent_encode(&key);
+                let Created {
+                    id,
+                    writer_key,
+                    reader_key,
+                } = self.create_channel(http, opts)?;
                 let writer = ws::connect(
                     &r.data,
-                    &format!("/ws/channels/{id}?key={key_enc}&dir=write"),
+                    &format!("/ws/channels/{id}?key={writer_key}&dir=write"),
                 )?;
                 let mut stream = TcpStream::connect(&r.data)?;
                 ws::tune(&stream)?;
                 stream.write_all(&get_request(
                     &r.data,
-                    &format!("/ws/channels/{id}?key={key_enc}&dir=read"),
+                    &format!("/ws/channels/{id}?key={reader_key}&dir=read"),
                 ))?;
                 Ok(Pair {
                     writer,
@@ -530,4 +536,11 @@ fn spawn_copy(mut from: TcpStream, mut to: TcpStream, read_size: usize) {
                 }
             }
         });
+}
+
+/// A channel the relay created: its id and each end's key (percent-encoded for a query).
+pub struct Created {
+    pub id: String,
+    pub writer_key: String,
+    pub reader_key: String,
 }

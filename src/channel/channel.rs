@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::error::StreamEnd;
+use crate::keys::EndKeys;
 use crate::metrics::METRICS;
 use crate::ring::{Conn, Cut, Watchdog};
 use crate::wire::route::Direction;
@@ -20,7 +21,8 @@ use super::state::{Core, Finished};
 
 pub struct Channel {
     pub id: String,
-    pub key: String,
+    /// One key per end: each opens only its own direction.
+    pub keys: EndKeys,
     /// Most buffer bytes held before the writer is no longer read.
     pub limit: usize,
     pub created: Instant,
@@ -53,10 +55,10 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: String, key: String, limit: usize) -> Channel {
+    pub fn new(id: String, keys: EndKeys, limit: usize) -> Channel {
         Channel {
             id,
-            key,
+            keys,
             limit,
             created: Instant::now(),
             core: RefCell::new(Core::new()),
@@ -73,6 +75,11 @@ impl Channel {
             retired: Notify::new(),
             signed_expiry: Cell::new(None),
         }
+    }
+
+    /// The key that opens the `dir` end.
+    pub fn key(&self, dir: Direction) -> &str {
+        self.keys.get(dir)
     }
 
     pub fn slot(&self, dir: Direction) -> Slot {

@@ -4,7 +4,8 @@
 //! and its inbox live in the dispatch layer (`serve`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use subtle::ConstantTimeEq;
 use super::channel::{Channel, Slot};
 use crate::config::Config;
 use crate::error::{Refusal, StreamEnd};
+use crate::keys::EndKeys;
 use crate::metrics::METRICS;
 use crate::ring::{self, BufPool};
 use crate::subscribers::Subscribers;
@@ -35,6 +37,10 @@ pub struct Shared {
     /// only, so counting costs no cross-core traffic; their sum is bounded by
     /// `max_unconnected_channels`).
     pub shard_unconnected: Vec<AtomicUsize>,
+    /// Signed refs each shard holds (written by its own shard only): channels open from a
+    /// signed ref plus used refs remembered until they expire. Their sum is bounded by
+    /// `max_used_signed_refs`.
+    pub shard_signed_refs: Vec<AtomicUsize>,
     /// Control-API connections open now (bounded by `max_control_connections`).
     pub control_connections: AtomicUsize,
     /// Each shard's command queue, by shard index.
@@ -65,7 +71,7 @@ pub enum Command {
     /// A channel the control API placed here from another shard.
     Create {
         id: String,
-        key: String,
+        keys: EndKeys,
         buffer_bytes: usize,
         ttl: Duration,
         reply: oneshot::Sender<()>,
@@ -105,17 +111,59 @@ pub fn new_owned_id(target: usize, shards: usize) -> String {
     }
 }
 
-/// Signed-ref ids remembered as used before expired ones are swept out.
-pub const USED_SIGNED_SWEEP_AT: usize = 4096;
+/// Ids of finished signed-ref channels, each until its ref's expiry: a signed ref opens
+/// its channel once, not again after it ended. Forgetting one early would let its ref be
+/// replayed, so the relay refuses new signed channels instead (`max_used_signed_refs`).
+#[derive(Default)]
+pub struct UsedSigned {
+    expiry: HashMap<Rc<str>, u64>,
+    /// The same ids, soonest expiry first: expired ones leave without a scan.
+    by_expiry: BinaryHeap<Reverse<(u64, Rc<str>)>>,
+}
+
+impl UsedSigned {
+    pub fn contains(&self, id: &str) -> bool {
+        self.expiry.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expiry.is_empty()
+    }
+
+    pub fn insert(&mut self, id: &str, expiry: u64) {
+        let id: Rc<str> = Rc::from(id);
+        if self.expiry.insert(id.clone(), expiry).is_none() {
+            self.by_expiry.push(Reverse((expiry, id)));
+        }
+    }
+
+    /// Forgets refs that expired before `now` (they verify no more); returns how many.
+    pub fn sweep(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(Reverse((expiry, _))) = self.by_expiry.peek() {
+            if *expiry >= now {
+                break;
+            }
+            let Some(Reverse((_, id))) = self.by_expiry.pop() else {
+                break;
+            };
+            self.expiry.remove(&id);
+            n += 1;
+        }
+        n
+    }
+}
 
 pub struct Shard {
     pub index: usize,
     pub shared: Arc<Shared>,
     pub channels: RefCell<HashMap<String, Rc<Channel>>>,
     pub pool: BufPool,
-    /// Ids of finished signed-ref channels, with their refs' expiry: a signed ref opens its
-    /// channel once, not again after it ended.
-    pub used_signed: RefCell<HashMap<String, u64>>,
+    pub used_signed: RefCell<UsedSigned>,
 }
 
 impl Shard {
@@ -132,7 +180,7 @@ impl Shard {
             ),
             shared,
             channels: RefCell::new(HashMap::new()),
-            used_signed: RefCell::new(HashMap::new()),
+            used_signed: RefCell::new(UsedSigned::default()),
         }
     }
 
@@ -157,11 +205,11 @@ impl Shard {
     pub fn create(
         self: &Rc<Self>,
         id: String,
-        key: String,
+        keys: EndKeys,
         buffer_bytes: usize,
         ttl: Duration,
     ) -> Rc<Channel> {
-        self.register(Channel::new(id, key, buffer_bytes), ttl)
+        self.register(Channel::new(id, keys, buffer_bytes), ttl)
     }
 
     /// Puts a channel in the table and starts its timers; it counts as unconnected until
@@ -192,14 +240,14 @@ impl Shard {
     /// never counts as unconnected.
     pub fn create_local(self: &Rc<Self>, buffer_bytes: usize, ttl: Duration) -> Rc<Channel> {
         let id = new_owned_id(self.index, self.shard_count());
-        let ch = Channel::new(id, crate::keys::new_access_key(), buffer_bytes);
+        let ch = Channel::new(id, EndKeys::random(), buffer_bytes);
         ch.ever_connected.set(true);
         self.register(ch, ttl)
     }
 
     /// The channel whose `dir` end a connection with `key` may claim: known here (or a
-    /// signed ref seen for the first time), the key right (compared in constant time), the
-    /// end not taken. While draining, ends of channels already in use may still connect
+    /// signed ref seen for the first time), the key that end's (compared in constant
+    /// time; the other end's key is as wrong as any), the end not taken. While draining, ends of channels already in use may still connect
     /// (refusing them would lose their data); a channel nobody has used yet is not started.
     pub fn open_end(
         self: &Rc<Self>,
@@ -207,11 +255,11 @@ impl Shard {
         key: &str,
         dir: Direction,
     ) -> Result<Rc<Channel>, Refusal> {
-        let ch = self
-            .lookup(id)
-            .or_else(|| self.open_signed(id, key))
-            .ok_or(Refusal::NotFound)?;
-        if !bool::from(ch.key.as_bytes().ct_eq(key.as_bytes())) {
+        let ch = match self.lookup(id) {
+            Some(ch) => ch,
+            None => self.open_signed(id, key, dir)?,
+        };
+        if !bool::from(ch.key(dir).as_bytes().ct_eq(key.as_bytes())) {
             return Err(Refusal::NotFound);
         }
         if ch.slot(dir) != Slot::Waiting {
@@ -239,18 +287,53 @@ impl Shard {
         }
     }
 
-    /// The channel for a signed ref the relay has not seen: created at first connect when
-    /// the key verifies against the signing secret and the ref was not used before.
-    pub fn open_signed(self: &Rc<Self>, id: &str, key: &str) -> Option<Rc<Channel>> {
-        let secret = self.config().signing_secret.as_ref()?;
-        let expiry = crate::keys::verify_key(secret.as_bytes(), id, key)?;
-        if self.used_signed.borrow().contains_key(id) {
-            return None;
-        }
+    /// The channel for a signed ref the relay has not seen: created by whichever end
+    /// connects first, when its key verifies for its own direction against the signing
+    /// secret and the ref was not used before. The other end's key is the one signed for
+    /// its direction with the same expiry. Refused (503) rather than forgetting a used ref
+    /// when `max_used_signed_refs` are held.
+    pub fn open_signed(
+        self: &Rc<Self>,
+        id: &str,
+        key: &str,
+        dir: Direction,
+    ) -> Result<Rc<Channel>, Refusal> {
         let cfg = self.config();
-        let ch = Channel::new(id.to_string(), key.to_string(), cfg.buffer_bytes);
+        let secret = cfg.signing_secret.as_ref().ok_or(Refusal::NotFound)?;
+        let secret = secret.as_bytes();
+        let expiry = crate::keys::verify_key(secret, id, dir, key).ok_or(Refusal::NotFound)?;
+        self.sweep_used_signed();
+        if self.used_signed.borrow().contains(id) {
+            return Err(Refusal::NotFound);
+        }
+        if self.signed_refs_held() >= cfg.max_used_signed_refs {
+            return Err(Refusal::TooManySignedRefs);
+        }
+        self.shared.shard_signed_refs[self.index].fetch_add(1, Relaxed);
+        let keys = EndKeys {
+            writer: crate::keys::signed_key(secret, id, Direction::Write, expiry),
+            reader: crate::keys::signed_key(secret, id, Direction::Read, expiry),
+        };
+        let ch = Channel::new(id.to_string(), keys, cfg.buffer_bytes);
         ch.signed_expiry.set(Some(expiry));
-        Some(self.register(ch, Duration::from_secs(cfg.ttl_s)))
+        Ok(self.register(ch, Duration::from_secs(cfg.ttl_s)))
+    }
+
+    /// Signed refs held by all shards: open signed channels and used refs not yet expired.
+    pub fn signed_refs_held(&self) -> usize {
+        self.shared
+            .shard_signed_refs
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum()
+    }
+
+    /// Forgets this shard's used refs that have expired.
+    fn sweep_used_signed(&self) {
+        let swept = self.used_signed.borrow_mut().sweep(crate::keys::unix_now());
+        if swept > 0 {
+            self.shared.shard_signed_refs[self.index].fetch_sub(swept, Relaxed);
+        }
     }
 
     /// The channel's timers: an end that never arrives within `ttl` ends it
@@ -355,12 +438,14 @@ impl Shard {
         ch.retired.notify_one();
         ch.release_left(ch.left_bytes.get(), &self.pool);
         if let Some(expiry) = ch.signed_expiry.get() {
-            let mut used = self.used_signed.borrow_mut();
-            if used.len() >= USED_SIGNED_SWEEP_AT {
-                let now = crate::keys::unix_now();
-                used.retain(|_, e| *e >= now);
+            // The channel's hold on the count passes to the remembered id; one whose ref
+            // already expired needs no remembering (its key verifies no more).
+            if expiry < crate::keys::unix_now() {
+                self.shared.shard_signed_refs[self.index].fetch_sub(1, Relaxed);
+            } else {
+                self.used_signed.borrow_mut().insert(&ch.id, expiry);
             }
-            used.insert(ch.id.clone(), expiry);
+            self.sweep_used_signed();
         }
         METRICS.channels_active.fetch_sub(1, Relaxed);
         if let Some(end) = ch.end() {
@@ -415,12 +500,12 @@ impl Shard {
         match cmd {
             Command::Create {
                 id,
-                key,
+                keys,
                 buffer_bytes,
                 ttl,
                 reply,
             } => {
-                self.create(id, key, buffer_bytes, ttl);
+                self.create(id, keys, buffer_bytes, ttl);
                 let _ = reply.send(());
             }
             Command::Inspect { id, reply } => {
@@ -464,5 +549,20 @@ mod tests {
             counts[o] += 1;
         }
         assert!(counts.iter().all(|&c| c > 150), "{counts:?}");
+    }
+
+    #[test]
+    fn used_signed_ids_are_kept_until_their_expiry() {
+        let mut used = UsedSigned::default();
+        used.insert("a", 10);
+        used.insert("b", 30);
+        used.insert("c", 20);
+        assert_eq!(used.sweep(10), 0, "an expiry of now still verifies");
+        assert_eq!(used.sweep(21), 2);
+        assert!(!used.contains("a") && !used.contains("c"));
+        assert!(used.contains("b"));
+        assert_eq!(used.len(), 1);
+        assert_eq!(used.sweep(31), 1);
+        assert!(used.is_empty());
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::channel::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
 use crate::config::{MAX_BUFFER_BYTES, MAX_TTL_S, MIN_BUFFER_BYTES};
-use crate::keys::{channel_ref, new_access_key};
+use crate::keys::{channel_ref, EndKeys};
 use crate::metrics::METRICS;
 use crate::wire::head::Method;
 use crate::wire::route::Direction;
@@ -206,15 +206,15 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
     };
     let target = placement(shard);
     let id = new_owned_id(target, shard.shard_count());
-    let key = new_access_key();
+    let keys = EndKeys::random();
     let (buffer_bytes, ttl) = (buffer_bytes as usize, Duration::from_secs(ttl_s));
     if target == shard.index {
-        shard.create(id.clone(), key.clone(), buffer_bytes, ttl);
+        shard.create(id.clone(), keys.clone(), buffer_bytes, ttl);
     } else {
         let (tx, rx) = oneshot::channel();
         let msg = Command::Create {
             id: id.clone(),
-            key: key.clone(),
+            keys: keys.clone(),
             buffer_bytes,
             ttl,
             reply: tx,
@@ -228,9 +228,8 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
         201,
         json!({
             "channel_id": id,
-            "access_key": key,
-            "writer": channel_ref(&id, &key, Direction::Write),
-            "reader": channel_ref(&id, &key, Direction::Read),
+            "writer": channel_ref(&id, &keys.writer, Direction::Write),
+            "reader": channel_ref(&id, &keys.reader, Direction::Read),
             "buffer_bytes": buffer_bytes,
             "ttl_s": ttl_s,
         }),

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::channel::state::MAX_OWED_PONGS;
 use crate::channel::ping_reader::PingReader;
+use crate::channel::state::MAX_OWED_PONGS;
 use crate::channel::Shared;
 use crate::config::CLOSE_TIMEOUT;
 use crate::error::Refusal;

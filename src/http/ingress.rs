@@ -117,8 +117,8 @@ pub async fn serve_ingress(
         "path_params": path_params,
         "query_params": query_params(&head.query),
         "headers": headers,
-        "request_body": channel_ref(&body_ch.id, &body_ch.key, Direction::Read),
-        "response": channel_ref(&resp_ch.id, &resp_ch.key, Direction::Write),
+        "request_body": channel_ref(&body_ch.id, body_ch.key(Direction::Read), Direction::Read),
+        "response": channel_ref(&resp_ch.id, resp_ch.key(Direction::Write), Direction::Write),
     });
     // The relay itself is the body channel's writer and the response channel's reader.
     let body_end = body_ch.claim(Direction::Write, &conn, Kind::Http);

@@ -67,6 +67,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         shard_connections: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         shard_channels: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         shard_unconnected: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        shard_signed_refs: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         control_connections: AtomicUsize::new(0),
         commands,
         routes: Default::default(),

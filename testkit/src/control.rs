@@ -10,9 +10,28 @@ use crate::relay::Relay;
 #[derive(Debug, Clone)]
 pub struct ChannelInfo {
     pub id: String,
-    pub key: String,
+    /// The writer ref's key (opens `dir=write` only).
+    pub writer_key: String,
+    /// The reader ref's key (opens `dir=read` only).
+    pub reader_key: String,
     /// The whole response body.
     pub raw: Value,
+}
+
+impl ChannelInfo {
+    /// The key for the `dir` end (`read` or `write`).
+    pub fn key(&self, dir: &str) -> &str {
+        match dir {
+            "write" => &self.writer_key,
+            "read" => &self.reader_key,
+            _ => panic!("direction {dir:?}: read or write"),
+        }
+    }
+
+    /// The data-plane path of the `dir` end, with that end's key.
+    pub fn path(&self, dir: &str) -> String {
+        crate::ws::ws_path(&self.id, self.key(dir), dir)
+    }
 }
 
 impl Relay {
@@ -47,8 +66,19 @@ impl Relay {
         assert_eq!(r.status, 201, "POST /v1/channels {body:?}: {}", r.text());
         let v = r.json();
         let id = v["channel_id"].as_str().expect("channel_id").to_string();
-        let key = v["access_key"].as_str().expect("access_key").to_string();
-        ChannelInfo { id, key, raw: v }
+        let key = |end: &str| {
+            assert_eq!(v[end]["channel_id"], id.as_str(), "{end} ref: {v}");
+            v[end]["access_key"]
+                .as_str()
+                .expect("access_key")
+                .to_string()
+        };
+        ChannelInfo {
+            writer_key: key("writer"),
+            reader_key: key("reader"),
+            id,
+            raw: v,
+        }
     }
 
     /// GET /v1/channels/{id}, asserting 200.

@@ -12,7 +12,6 @@ use serde_json::Value;
 use crate::control::ChannelInfo;
 use crate::relay::Relay;
 use crate::tcp::{self, tcp_connect};
-use crate::ws::ws_path;
 
 /// Longest response head the readers accept.
 const MAX_HEAD: usize = 64 * 1024;
@@ -300,7 +299,7 @@ impl HttpConn {
     /// A reader of `ch` as an HTTP response: connected, its plain `GET …&dir=read` sent.
     pub fn read_channel(relay: &Relay, ch: &ChannelInfo) -> HttpConn {
         let mut c = HttpConn::connect(relay.data);
-        c.get(&ws_path(&ch.id, &ch.key, "read"), false, &[]);
+        c.get(&ch.path("read"), false, &[]);
         c
     }
 

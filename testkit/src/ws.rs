@@ -31,7 +31,7 @@ pub fn ws_path(id: &str, key: &str, dir: &str) -> String {
 impl Relay {
     /// A channel end, upgraded (101 and a correct accept asserted).
     pub fn connect(&self, ch: &ChannelInfo, dir: &str) -> Ws {
-        ws_connect(self.data, &ws_path(&ch.id, &ch.key, dir))
+        ws_connect(self.data, &ch.path(dir))
     }
 
     /// An upgrade attempt on `path` with `extra` headers, whatever the answer.

@@ -11,7 +11,7 @@ use chanrelay_testkit::*;
 
 /// Path of a channel end as the HTTP endpoints take it.
 pub fn chan_path(ch: &ChannelInfo, dir: &str) -> String {
-    ws_path(&ch.id, &ch.key, dir)
+    ch.path(dir)
 }
 
 pub fn chan_url(relay: &Relay, ch: &ChannelInfo, dir: &str) -> String {

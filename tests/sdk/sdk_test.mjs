@@ -312,14 +312,18 @@ async function caseWriterFirstBlocked(base, control) {
 
 async function caseBadKey(base, control) {
   const ch = await createChannel(control)
-  const k = ch.access_key
+  const k = ch.reader.access_key
   const bad = { ...ch.reader, access_key: k.slice(0, -1) + (k.endsWith('A') ? 'B' : 'A') }
   const s1 = await withTimeout(refusedStatus(base, bad, 'read'), 10000, 'bad key reader')
   check(s1 === 404, `reader with wrong key: got ${s1}, expected HTTP 404`)
+  // Each end has its own key: the reader's opens no writer.
+  const swapped = { ...ch.writer, access_key: ch.reader.access_key }
+  const s3 = await withTimeout(refusedStatus(base, swapped, 'write'), 10000, 'reader key writer')
+  check(s3 === 404, `writer with the reader's key: got ${s3}, expected HTTP 404`)
   const unknown = { ...ch.writer, channel_id: '00000000-0000-4000-8000-000000000000' }
   const s2 = await withTimeout(refusedStatus(base, unknown, 'write'), 10000, 'unknown channel writer')
   check(s2 === 404, `writer on unknown channel: got ${s2}, expected HTTP 404`)
-  return 'wrong key and unknown channel -> 404'
+  return "wrong key, the other end's key and unknown channel -> 404"
 }
 
 async function caseDupWriterAbort(base, control) {

@@ -304,12 +304,16 @@ async def expect_status(coro_fn, status: int, what: str) -> None:
 
 async def case_bad_key(base: str, control: str) -> str:
     ch = await create_channel(control)
-    bad = dict(ch["reader"], access_key=ch["access_key"][:-1] + ("A" if ch["access_key"][-1] != "A" else "B"))
+    k = ch["reader"]["access_key"]
+    bad = dict(ch["reader"], access_key=k[:-1] + ("A" if k[-1] != "A" else "B"))
     await expect_status(lambda: py_read(base, bad), 404, "reader with wrong key")
+    # Each end has its own key: the writer's opens no reader.
+    swapped = dict(ch["reader"], access_key=ch["writer"]["access_key"])
+    await expect_status(lambda: py_read(base, swapped), 404, "reader with the writer's key")
     unknown = dict(ch["writer"], channel_id="00000000-0000-4000-8000-000000000000")
     await expect_status(lambda: ChannelWriter(base, StreamChannelRef(**unknown)).send_message_async("x"),
                         404, "writer on unknown channel")
-    return "wrong key and unknown channel -> 404"
+    return "wrong key, the other end's key and unknown channel -> 404"
 
 
 async def case_dup_reader_abort(base: str, control: str) -> str:
