@@ -21,8 +21,9 @@
 //!   and a queued chunk that fills little of its buffer is copied into the tail chunk or a
 //!   right-sized buffer: a peer that trickles bytes cannot pin a large buffer per byte.
 //! - **Pongs are bounded**: at most `MAX_OWED_PONGS` wait for a frame boundary (past that
-//!   the newest ping replaces the last one owed, RFC 6455 §5.5.3), and a reader that keeps
-//!   pinging while a Pong to it cannot be written (it does not read) is ended after
+//!   the newest ping replaces the last one owed, RFC 6455 §5.5.3); an owed Pong goes at the
+//!   end of the frame the reader is in (a queued chunk is split there); and a reader that
+//!   keeps pinging while earlier Pongs are not out (it does not read) is ended after
 //!   `MAX_UNANSWERED_PINGS`.
 
 use std::collections::VecDeque;
@@ -40,8 +41,9 @@ pub const READ_RECORDS_BYTES: usize = 1 << 10;
 /// Pongs owed to a reader that wait for a frame boundary in its stream.
 pub const MAX_OWED_PONGS: usize = 64;
 
-/// Pings a reader may send while a Pong to it is being written (it is not reading) before
-/// the relay ends it with 1008.
+/// Pings a reader may send while an earlier Pong to it is not out yet (owed or being
+/// written: it does not read, or pings faster than a frame goes out) before the relay ends
+/// it with 1008.
 pub const MAX_UNANSWERED_PINGS: u32 = 64;
 
 /// A queued chunk whose data takes at most this many bytes is copied into the queue's
@@ -153,6 +155,41 @@ impl Chunk {
         self.payload_bytes += other.payload_bytes;
         self.frames += other.frames;
         other.buf
+    }
+
+    /// Splits off what comes up to the end of the first frame that ends in the chunk, as a
+    /// chunk of its own (copied: the rest keeps the buffer), so a Pong can go between.
+    /// `None` when no frame ends before the chunk's last byte.
+    fn split_at_first_frame_end(&mut self) -> Option<Chunk> {
+        let i = self.pieces.iter().position(|p| p.ends)?;
+        let end = self.pieces[i].payload.end;
+        if self.segments.last().is_none_or(|r| r.end <= end) {
+            return None;
+        }
+        let mut buf = Vec::new();
+        for r in &self.segments {
+            if r.start < end {
+                buf.extend_from_slice(&self.buf[r.start..r.end.min(end)]);
+            }
+        }
+        self.segments.retain(|r| r.end > end);
+        if let Some(first) = self.segments.first_mut() {
+            first.start = first.start.max(end);
+        }
+        let head: Vec<Piece> = self.pieces.drain(..=i).collect();
+        let payload_bytes: u64 = head.iter().map(|p| p.payload.len() as u64).sum();
+        let frames = head.iter().filter(|p| p.ends).count() as u32;
+        self.payload_bytes = self.payload_bytes.saturating_sub(payload_bytes);
+        self.frames = self.frames.saturating_sub(frames);
+        Some(Chunk {
+            segments: std::iter::once(0..buf.len()).collect(),
+            buf,
+            pieces: Vec::new(),
+            at_boundary: true,
+            payload_bytes,
+            frames,
+            cost: 0,
+        })
     }
 
     /// Cuts the chunk after the first frame that ends in it; false if none does.
@@ -611,6 +648,19 @@ impl Core {
             }
         }
         if let Some(mut chunk) = self.queue.pop_front() {
+            if ws && !self.pongs.is_empty() && !self.reader_at_boundary {
+                // A Pong waits for the end of the reader's current frame: send only up to
+                // there, so it goes out now rather than whenever a read happens to end at
+                // a boundary.
+                if let Some(mut head) = chunk.split_at_first_frame_end() {
+                    let before = chunk.cost;
+                    chunk.cost = chunk.measure();
+                    head.cost = head.measure();
+                    self.held = self.held - before + chunk.cost + head.cost;
+                    self.queue.push_front(chunk);
+                    chunk = head;
+                }
+            }
             self.reader_at_boundary = chunk.at_boundary;
             self.reader_busy = Busy::Data;
             let close = ws && self.append_final_close(&mut chunk);
@@ -680,7 +730,8 @@ impl Core {
         if self.reader_close_sent {
             return PingVerdict::Answer; // our Close is out: nothing more is sent
         }
-        if self.reader_busy == Busy::Pong {
+        if self.reader_busy == Busy::Pong || !self.pongs.is_empty() {
+            // An earlier Pong is not out yet: the reader pings faster than it reads.
             self.unanswered_pings += 1;
             if self.unanswered_pings > MAX_UNANSWERED_PINGS {
                 return PingVerdict::Flood;

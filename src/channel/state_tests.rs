@@ -132,7 +132,11 @@ fn frame() -> impl Strategy<Value = (bool, Opcode, Vec<u8>)> {
     (
         any::<bool>(),
         prop_oneof![Just(Opcode::Binary), Just(Opcode::Text)],
-        prop::collection::vec(any::<u8>(), 0..300),
+        prop_oneof![
+            4 => prop::collection::vec(any::<u8>(), 0..300),
+            // Large enough that chunks are not coalesced (owed Pongs split them).
+            1 => (17_000usize..40_000, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+        ],
     )
 }
 
@@ -400,7 +404,7 @@ proptest! {
     #[test]
     fn state_machine_keeps_its_rules(
         frames in prop::collection::vec(frame(), 0..8),
-        reads in prop::collection::vec(1usize..200, 1..6),
+        reads in prop::collection::vec(prop_oneof![1usize..200, 10_000usize..50_000], 1..6),
         events in prop::collection::vec(event(), 0..80),
     ) {
         let mut h = Harness::new(writer_chunks(&frames, &reads));
@@ -478,6 +482,15 @@ fn a_reader_that_pings_but_never_reads_its_pongs_is_ended() {
         assert_eq!(core.reader_ping(b"x".to_vec()), PingVerdict::Answer);
     }
     assert_eq!(core.reader_ping(b"x".to_vec()), PingVerdict::Flood);
+    // Pongs that cannot even start (a data write to the reader never finishes) count too.
+    let mut core = Core::new();
+    core.connect(Direction::Read, Kind::WebSocket);
+    let chunk = writer_chunks(&[(true, Opcode::Binary, vec![1; 10])], &[100]).remove(0);
+    assert!(matches!(core.offer(chunk), Offer::Direct(_))); // never completes
+    let verdicts: Vec<_> = (0..=MAX_UNANSWERED_PINGS + 1)
+        .map(|_| core.reader_ping(b"x".to_vec()))
+        .collect();
+    assert_eq!(verdicts.last(), Some(&PingVerdict::Flood));
     // A reader that reads its Pongs may ping as often as it likes.
     let mut core = Core::new();
     core.connect(Direction::Read, Kind::WebSocket);
@@ -487,6 +500,47 @@ fn a_reader_that_pings_but_never_reads_its_pongs_is_ended() {
             core.reader_write_done(0, true);
         }
     }
+}
+
+/// A Pong owed while the reader is in the middle of a frame goes out right after that
+/// frame, even when the queued chunk runs on past it.
+#[test]
+fn an_owed_pong_goes_at_the_end_of_the_current_frame() {
+    let mut core = Core::new();
+    core.connect(Direction::Write, Kind::WebSocket);
+    core.connect(Direction::Read, Kind::WebSocket);
+    let frames = [
+        (true, Opcode::Binary, vec![1u8; 40_000]),
+        (true, Opcode::Binary, vec![2u8; 40_000]),
+        (true, Opcode::Binary, vec![3u8; 40_000]),
+    ];
+    // Reads that never end at a frame boundary (and too large to be coalesced).
+    let chunks = writer_chunks(&frames, &[30_000, 50_000, 50_000]);
+    let mut all = Vec::new();
+    for c in chunks {
+        all.extend(sent_bytes(&c));
+        core.push(c);
+    }
+    let ReaderStep::Data { chunk, .. } = core.next_reader_step() else {
+        panic!("data")
+    };
+    let mut out = sent_bytes(&chunk);
+    core.reader_write_done(chunk.cost, true);
+    core.reader_ping(b"now".to_vec()); // the reader is mid-frame
+    let ReaderStep::Data { chunk, .. } = core.next_reader_step() else {
+        panic!("the rest of the frame")
+    };
+    out.extend(sent_bytes(&chunk));
+    core.reader_write_done(chunk.cost, true);
+    assert!(server_frames(&out).is_some(), "cut at the frame's end");
+    assert!(matches!(core.next_reader_step(), ReaderStep::Pong(_)));
+    core.reader_write_done(0, true);
+    while let ReaderStep::Data { chunk, .. } = core.next_reader_step() {
+        out.extend(sent_bytes(&chunk));
+        core.reader_write_done(chunk.cost, true);
+    }
+    assert_eq!(out, all, "nothing lost or repeated around the split");
+    assert_eq!(core.held(), 0);
 }
 
 #[test]
