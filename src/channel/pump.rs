@@ -344,11 +344,31 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
     };
     tracing::trace!(channel = %ch.id, end = end.label(), "reader end");
     if answer_due {
-        // Let the reader answer before the socket goes, so nothing in flight is reset.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified()).await;
+        await_close_answer(ch, conn).await;
     }
     conn.shutdown();
     let _ = listener.await;
+}
+
+/// Lets the reader answer our Close before the socket goes, so nothing in flight is reset:
+/// `CLOSE_TIMEOUT`, extended while the reader is still taking the data written before the
+/// Close (a slow reader may have megabytes of it in the socket's send queue; closing on it
+/// would reset the connection and lose them).
+async fn await_close_answer(ch: &Channel, conn: &Conn) {
+    let mut unacked = conn.unacked_bytes();
+    loop {
+        if tokio::time::timeout(CLOSE_TIMEOUT, ch.reader_done.notified())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let now = conn.unacked_bytes();
+        if now == 0 || now >= unacked {
+            return; // all taken but no answer, or no progress
+        }
+        unacked = now;
+    }
 }
 
 /// Reads what the reader sends: pings (answered), its Close, or its disappearance.

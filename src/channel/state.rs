@@ -31,7 +31,9 @@ use std::ops::Range;
 
 use crate::error::StreamEnd;
 use crate::wire::forward::Piece;
-use crate::wire::frame::{close_frame, server_frame, Opcode};
+use crate::wire::frame::{
+    close_frame, server_frame, server_header_len, write_server_header, Opcode, MAX_HEADER_LEN,
+};
 use crate::wire::route::Direction;
 
 /// Room reserved for the records of one read (its chunk, ranges and frame pieces) when
@@ -613,6 +615,46 @@ impl Core {
         self.held += chunk.cost;
         self.queue.push_back(chunk);
         freed
+    }
+
+    /// Appends `bytes` to the payload of the last queued chunk when that is one whole binary
+    /// frame the relay made (an HTTP upload's, with header room in front) and stays within
+    /// `max_payload`. False when it is not (the caller queues a frame of its own).
+    pub fn extend_last_frame(&mut self, bytes: &[u8], max_payload: usize) -> bool {
+        if self.writer_kind != Kind::Http || self.cut_short() {
+            return false;
+        }
+        let Some(tail) = self.queue.back_mut() else {
+            return false;
+        };
+        let [p] = tail.pieces.as_slice() else {
+            return false;
+        };
+        let (start, len) = (p.payload.start, p.payload.len() + bytes.len());
+        let whole = p.starts && p.ends && p.fin && p.opcode == Opcode::Binary;
+        if !whole || len > max_payload || start < MAX_HEADER_LEN {
+            return false;
+        }
+        self.held -= tail.cost;
+        tail.buf.truncate(p.payload.end);
+        tail.buf.extend_from_slice(bytes);
+        // Room after the payload for an HTTP reader's chunk CRLF, as the upload leaves it.
+        tail.buf
+            .extend_from_slice(&[0; crate::wire::chunked::CHUNK_CRLF_LEN]);
+        let hl = server_header_len(len as u64);
+        write_server_header(
+            &mut tail.buf[start - hl..start],
+            true,
+            Opcode::Binary,
+            len as u64,
+        );
+        tail.segments = std::iter::once(start - hl..start + len).collect();
+        tail.pieces[0].payload = start..start + len;
+        tail.pieces[0].frame_len = len as u64;
+        tail.payload_bytes = len as u64;
+        tail.cost = tail.measure();
+        self.held += tail.cost;
+        true
     }
 
     /// The stream ended in a way that drops undelivered data.

@@ -18,6 +18,8 @@ use crate::wire::response::{error_response, json_response};
 
 /// Largest frame a body is cut into (the Python SDK rejects frames over 1 MiB).
 pub const UPLOAD_FRAME_BYTES: usize = 64 << 10;
+/// Reads up to this size may be appended to the last queued frame instead of making one.
+const EXTEND_MAX_BYTES: usize = 4 << 10;
 /// Room left in front of each frame's payload for its header.
 const HEADROOM: usize = MAX_HEADER_LEN;
 
@@ -31,8 +33,19 @@ fn frame_buf(len: usize) -> Vec<u8> {
     buf
 }
 
-/// Turns `buf[HEADROOM..HEADROOM + n]` into one binary frame and queues it.
+/// Turns `buf[HEADROOM..HEADROOM + n]` into one binary frame and queues it — or, when the
+/// last frame queued is still waiting for the reader and has room, appends the bytes to it
+/// (a body trickled in small reads then costs about its size, not a frame per read).
 fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize, pool: &BufPool) {
+    if n <= EXTEND_MAX_BYTES
+        && ch
+            .core
+            .borrow_mut()
+            .extend_last_frame(&buf[HEADROOM..HEADROOM + n], UPLOAD_FRAME_BYTES)
+    {
+        ch.reader_wake.notify_one();
+        return;
+    }
     buf.resize(HEADROOM + n + TAILROOM, 0);
     let hl = server_header_len(n as u64);
     write_server_header(

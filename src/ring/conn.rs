@@ -109,6 +109,20 @@ impl Conn {
         self.shutdown();
     }
 
+    /// Bytes written to the socket that the peer has not acknowledged yet (`SIOCOUTQ`):
+    /// while this shrinks, the peer is still taking what was written to it.
+    pub fn unacked_bytes(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: `SIOCOUTQ` (= `TIOCOUTQ`) writes one `c_int` through the pointer, which
+        // points to a live local; the descriptor is open for as long as `self`.
+        let rc = unsafe { libc::ioctl(self.fd().as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if rc == 0 {
+            n.max(0) as usize
+        } else {
+            0
+        }
+    }
+
     /// Detaches the socket so it can be sent to another shard's ring: the descriptor is
     /// duplicated, and this shard's copy is closed when `self` drops.
     pub fn into_std(self) -> io::Result<std::net::TcpStream> {
