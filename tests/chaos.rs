@@ -1514,6 +1514,193 @@ fn headers_reader(relay: &Relay, ch: &ChannelInfo, s: &Sync) -> Result<String, S
 }
 
 // ---------------------------------------------------------------------------
+// An engine that stops reading its event stream
+// ---------------------------------------------------------------------------
+
+/// The chaos relay's `subscriber_stall_timeout_ms` and `subscriber_queue_events`.
+const SUBSCRIBER_STALL: Duration = Duration::from_millis(500);
+const SUBSCRIBER_QUEUE: usize = 8;
+/// Each routed request must be answered this long after the stall timeout at the latest.
+const STALL_SLACK: Duration = Duration::from_secs(5);
+/// Most the relay's RSS may grow while the stalled engine's requests pile up.
+const STALL_RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// After the channels: an engine subscribes to `/v1/events` with a 4 KiB receive buffer,
+/// reads the events of the first two routed requests, then stops reading while `requests`
+/// more arrive (2 ms apart, each with a `pad`-byte header). `name` is the phase's kind
+/// (`CHAOS_SKIP` takes it too). Every request must
+/// be answered 503 within `SUBSCRIBER_STALL` + `STALL_SLACK` of being sent (the two whose
+/// events it read with `engine_dropped`, as many of those as `channel_ends_total`
+/// counts), the engine dropped and its socket closed, and the relay's RSS may grow by at
+/// most `STALL_RSS_BOUND_KIB`. Returns the phase's part of the summary line.
+fn subscriber_phase(
+    relay: &Relay,
+    problems: &mut Vec<String>,
+    name: &str,
+    requests: usize,
+    pad: usize,
+) -> String {
+    let skip = std::env::var("CHAOS_SKIP").unwrap_or_default();
+    if skip.split(',').any(|k| k.trim() == name) {
+        return String::new();
+    }
+    let mut fail = |m: String| problems.push(format!("{name}: {m}"));
+    let routes = r#"[{"method":"GET","path":"chaos/stall","route_id":"stall"}]"#;
+    let r = relay.control("PUT", "/v1/routes", Some(routes));
+    if r.status != 200 {
+        fail(format!("PUT /v1/routes answered {} {}", r.status, r.text()));
+        return String::new();
+    }
+    let subscribers = || relay.control("GET", "/v1/routes", None).json()["subscribers"].clone();
+    let (mut engine, mut ebuf) = match raw_ws(relay.control, "/v1/events", Some(4096)) {
+        Ok(e) => e,
+        Err(e) => {
+            fail(e);
+            return String::new();
+        }
+    };
+    if wait_for(Duration::from_secs(5), || {
+        (subscribers() == 1).then_some(())
+    })
+    .is_none()
+    {
+        fail("never registered".into());
+        return String::new();
+    }
+    let dropped_metric = "chanrelay_channel_ends_total{reason=\"engine_dropped\"}";
+    let dropped_before = relay.metric(dropped_metric);
+    let rss_before = relay.rss_kib();
+    let mut rss_peak = rss_before;
+    let request = format!(
+        "GET /chaos/stall HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "p".repeat(pad)
+    );
+    let send = || -> (std::net::TcpStream, Instant) {
+        let mut s = tcp_connect(relay.data);
+        let _ = s.write_all(request.as_bytes());
+        (s, Instant::now())
+    };
+    let mut clients = Vec::new();
+    // The engine reads the first two events ...
+    for i in 0..2 {
+        clients.push(send());
+        let got = loop {
+            match parse_server_frame(&ebuf) {
+                Ok(Some((f, used))) => {
+                    ebuf.drain(..used);
+                    if f.opcode == OP_TEXT {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            let mut tmp = [0u8; 8192];
+            match engine.read(&mut tmp) {
+                Ok(n) if n > 0 => ebuf.extend_from_slice(&tmp[..n]),
+                other => break Err(format!("{other:?}")),
+            }
+        };
+        if let Err(e) = got {
+            fail(format!("event {i} not received: {e}"));
+            return String::new();
+        }
+    }
+    // ... then stops reading while the requests keep coming.
+    for _ in 0..requests {
+        clients.push(send());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = Instant::now() + SUBSCRIBER_STALL + STALL_SLACK;
+    let mut answers: Vec<(Vec<u8>, Option<Duration>, bool)> = clients
+        .iter()
+        .map(|(s, _)| {
+            s.set_nonblocking(true).unwrap();
+            (Vec::new(), None, false)
+        })
+        .collect();
+    while Instant::now() < deadline && answers.iter().any(|a| !a.2) {
+        for ((s, sent), (buf, at, done)) in clients.iter_mut().zip(answers.iter_mut()) {
+            let mut tmp = [0u8; 4096];
+            while !*done {
+                match s.read(&mut tmp) {
+                    Ok(0) => *done = true,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        buf.extend_from_slice(format!("<{e}>").as_bytes());
+                        *done = true
+                    }
+                }
+                if at.is_none() && find(buf, b"\r\n\r\n").is_some() {
+                    *at = Some(sent.elapsed());
+                }
+            }
+        }
+        if let Some(v) = proc_status_field(relay.pid(), "VmRSS:") {
+            rss_peak = rss_peak.max(v);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut max_wait, mut engine_dropped, mut unanswered) = (Duration::ZERO, 0, Vec::new());
+    for (i, (buf, at, _)) in answers.iter().enumerate() {
+        let body = String::from_utf8_lossy(buf);
+        match (status_of(buf), at) {
+            (Some(503), Some(at)) => {
+                max_wait = max_wait.max(*at);
+                let dropped = body.contains("engine_dropped");
+                engine_dropped += dropped as usize;
+                if i < 2 && !dropped {
+                    fail(format!("request {i} (its event read) answered {body:?}"));
+                }
+            }
+            _ => unanswered.push(format!("#{i} {body:?}")),
+        }
+    }
+    if !unanswered.is_empty() {
+        fail(format!(
+            "{} of {} requests not answered 503 within {:?} of being sent: {}",
+            unanswered.len(),
+            answers.len(),
+            SUBSCRIBER_STALL + STALL_SLACK,
+            unanswered[..unanswered.len().min(3)].join(", ")
+        ));
+    }
+    if wait_for(Duration::from_secs(5), || {
+        (subscribers() == 0).then_some(())
+    })
+    .is_none()
+    {
+        fail("still registered".into());
+    }
+    let (_, end) = read_all_until(&mut engine, Duration::from_secs(10));
+    if !matches!(end, RawEnd::Reset | RawEnd::Eof) {
+        fail(format!("its socket not closed: {end:?}"));
+    }
+    let counted = wait_for(Duration::from_secs(5), || {
+        let n = relay.metric(dropped_metric) - dropped_before;
+        (n == engine_dropped as f64).then_some(n)
+    });
+    if counted.is_none() {
+        fail(format!(
+            "{engine_dropped} answers engine_dropped, channel_ends_total counts {}",
+            relay.metric(dropped_metric) - dropped_before
+        ));
+    }
+    if rss_peak > rss_before + STALL_RSS_BOUND_KIB {
+        fail(format!(
+            "relay RSS {rss_peak} KiB while its requests waited, {rss_before} KiB before"
+        ));
+    }
+    format!(
+        "{name}: requests={} engine_dropped={engine_dropped} max_answer_ms={} \
+         rss_kib before={rss_before} peak={rss_peak} ",
+        answers.len(),
+        max_wait.as_millis()
+    )
+}
+
+// ---------------------------------------------------------------------------
 // Garbage clients
 // ---------------------------------------------------------------------------
 
@@ -1604,7 +1791,11 @@ fn chaos_run() {
     let n_channels = env_u64("CHAOS_CHANNELS", 2048) as usize;
     let n_workers = env_u64("CHAOS_WORKERS", 32) as usize;
     let started = Instant::now();
-    let mut relay = RELAY.with_config("handshake_timeout_ms = 2000\n");
+    let mut relay = RELAY.with_config(&format!(
+        "handshake_timeout_ms = 2000\nsubscriber_stall_timeout_ms = {}\n\
+         subscriber_queue_events = {SUBSCRIBER_QUEUE}\nmax_head_bytes = 65536\n",
+        SUBSCRIBER_STALL.as_millis()
+    ));
     // Warm up (both shards, the control thread) before taking the baselines: some fds
     // and allocations are made lazily on first use.
     for _ in 0..4 {
@@ -1778,6 +1969,21 @@ fn chaos_run() {
             "bytes_forwarded_total {forwarded} < bytes verified {bytes_verified}"
         ));
     }
+    // Events that fill the engine's socket (the relay notices a write that does not
+    // finish), then a few that fit in it.
+    let mut stall_summary =
+        subscriber_phase(&relay, &mut problems, "stalled_engine_full", 300, 32 << 10);
+    stall_summary += &subscriber_phase(&relay, &mut problems, "stalled_engine_few", 64, 4 << 10);
+    if wait_for(Duration::from_secs(10), || {
+        let m = relay.metrics();
+        (metric_sum(&m, "chanrelay_channels_active") == Some(0.0)
+            && metric_sum(&m, "chanrelay_connections_active") == Some(0.0))
+        .then_some(())
+    })
+    .is_none()
+    {
+        problems.push("not settled 10 s after the stalled-engine phase".into());
+    }
     // Memory and fds back near their starting level.
     let fds_end = wait_for(Duration::from_secs(10), || {
         let n = relay.fd_count();
@@ -1824,7 +2030,7 @@ fn chaos_run() {
          bytes_forwarded_total={} pongs={} slow_reader_pings={} trickle_held_per_sent_max={:.1} (polls {}) \
          ping_flood_pings={} ping_flood_close_max_ms={} ping_flood_rss_kib_max={} headers_flood_rss_kib_max={} \
          rss_kib start={rss_start} peak={rss_peak} end={rss_end} \
-         fds start={fds_start} end={fds_end} run={:.1}s",
+         fds start={fds_start} end={fds_end} {stall_summary} run={:.1}s",
         kinds.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
         t.garbage.load(Ordering::Relaxed),
         t.garbage_control_hangs.load(Ordering::Relaxed),
