@@ -3,13 +3,22 @@
 //! of the peers misbehave: writers drop their TCP connection mid-stream (at a frame
 //! boundary, mid-frame or with a reset), readers leave, channels are DELETEd through the
 //! control API, writers break the protocol, ends never arrive, and a few clients send
-//! garbage. Afterwards every channel is checked against docs/protocol.md ("How a channel
-//! ends"), the relay's counters must add up, and its memory and fds must return to their
-//! starting level.
+//! garbage. A few channels carry slower or hostile peers: readers that read in small pieces
+//! and ping often (every Pong must come back), HTTP uploads trickled a few bytes at a time
+//! (the relay's `buffered_bytes` must stay within 64 × the bytes sent + 64 KiB), readers
+//! that never read and flood pings (ended as `ping_flood`, their connection closed within
+//! `FLOOD_CLOSE_BOUND`), and writers whose `set_headers` exceed the response head limits
+//! (502 to the HTTP reader, 1008 to the writer). Afterwards every channel is checked
+//! against docs/protocol.md ("How a channel ends"), the relay's counters must add up; then
+//! an engine subscribed to `/v1/events` stops reading while routed requests arrive (each
+//! must be answered 503 within the stall timeout plus slack), and the relay's memory and
+//! fds must return to their starting level.
 //!
 //! Deterministic: each channel's plan comes from `CHAOS_SEED` (default fixed) and its
 //! index, whatever the thread scheduling. `CHAOS_CHANNELS` (default 2048) and
-//! `CHAOS_WORKERS` (default 32) scale the run.
+//! `CHAOS_WORKERS` (default 32) scale the run; `CHAOS_SKIP=kind,…` plans those fault kinds
+//! (or the phases `stalled_engine_full`, `stalled_engine_few`) as nothing, and
+//! `CHAOS_LOG_DUMP=path` writes the relay's whole log there.
 
 use chanrelay_testkit::*;
 use std::collections::BTreeMap;
