@@ -3,17 +3,26 @@
 //! of the peers misbehave: writers drop their TCP connection mid-stream (at a frame
 //! boundary, mid-frame or with a reset), readers leave, channels are DELETEd through the
 //! control API, writers break the protocol, ends never arrive, and a few clients send
-//! garbage. Afterwards every channel is checked against docs/protocol.md ("How a channel
-//! ends"), the relay's counters must add up, and its memory and fds must return to their
-//! starting level.
+//! garbage. A few channels carry slower or hostile peers: readers that read in small pieces
+//! and ping often (every Pong must come back), HTTP uploads trickled a few bytes at a time
+//! (the relay's `buffered_bytes` must stay within 64 × the bytes sent + 64 KiB), readers
+//! that never read and flood pings (ended as `ping_flood`, their connection closed within
+//! `FLOOD_CLOSE_BOUND`), and writers whose `set_headers` exceed the response head limits
+//! (502 to the HTTP reader, 1008 to the writer). Afterwards every channel is checked
+//! against docs/protocol.md ("How a channel ends"), the relay's counters must add up; then
+//! an engine subscribed to `/v1/events` stops reading while routed requests arrive (each
+//! must be answered 503 within the stall timeout plus slack), and the relay's memory and
+//! fds must return to their starting level.
 //!
 //! Deterministic: each channel's plan comes from `CHAOS_SEED` (default fixed) and its
 //! index, whatever the thread scheduling. `CHAOS_CHANNELS` (default 2048) and
-//! `CHAOS_WORKERS` (default 32) scale the run.
+//! `CHAOS_WORKERS` (default 32) scale the run; `CHAOS_SKIP=kind,…` plans those fault kinds
+//! (or the phases `stalled_engine_full`, `stalled_engine_few`) as nothing, and
+//! `CHAOS_LOG_DUMP=path` writes the relay's whole log there.
 
 use chanrelay_testkit::*;
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -137,6 +146,28 @@ enum Fault {
     Abandoned {
         writer_waits: bool,
     },
+    /// The reader reads in small pieces with pauses and pings often (never more than
+    /// `MAX_OWED_PONGS` unanswered); the writer closes once the reader has every frame
+    /// and every Pong.
+    SlowPinger,
+    /// An HTTP upload whose body trickles in a few bytes at a time. `late_reader`: the
+    /// reader connects only once the whole body is sent, so the relay holds it meanwhile.
+    Trickle {
+        http_reader: bool,
+        late_reader: bool,
+    },
+    /// The reader (a 4 KiB receive buffer) never reads and pings without pause while the
+    /// writer streams. `data_first`: the pings start only once the relay holds data it
+    /// cannot write to the reader; else they start before the writer sends anything.
+    PingFlood {
+        data_first: bool,
+    },
+    /// A WebSocket writer's `set_headers` messages build a response head over the limits
+    /// for its HTTP reader (`by_count`: over 100 headers, else over 16 KiB).
+    HeadersFlood {
+        by_count: bool,
+        body_after: bool,
+    },
 }
 
 impl Fault {
@@ -170,6 +201,16 @@ impl Fault {
             Fault::Abandoned {
                 writer_waits: false,
             } => "abandoned_reader_waits",
+            Fault::SlowPinger => "slow_pinging_reader",
+            Fault::Trickle {
+                http_reader: false, ..
+            } => "trickle_upload_ws_reader",
+            Fault::Trickle {
+                http_reader: true, ..
+            } => "trickle_upload_http_reader",
+            Fault::PingFlood { data_first: false } => "ping_flood",
+            Fault::PingFlood { data_first: true } => "ping_flood_data_first",
+            Fault::HeadersFlood { .. } => "set_headers_flood",
         }
     }
 
@@ -182,6 +223,9 @@ impl Fault {
             Fault::Delete { .. } | Fault::DeleteUnused => "aborted",
             Fault::WriterProtocol { .. } => "writer_protocol",
             Fault::Abandoned { .. } => "peer_never_connected",
+            Fault::SlowPinger | Fault::Trickle { .. } => "clean",
+            Fault::PingFlood { .. } => "ping_flood",
+            Fault::HeadersFlood { .. } => "response_head_too_large",
         }
     }
 }
@@ -208,6 +252,8 @@ struct Plan {
     /// Whether the reader answers the relay's Close with its own before it hangs up
     /// (RFC 6455 says it should; plenty of clients just close the socket).
     echo_close: bool,
+    /// The body of a trickled upload (empty for other faults).
+    upload: &'static [u8],
 }
 
 fn frame_len(r: &mut Rng) -> u64 {
@@ -290,9 +336,40 @@ impl Plan {
             220..=234 => Fault::Abandoned {
                 writer_waits: r.chance(50),
             },
+            235..=238 => Fault::SlowPinger,
+            239..=242 => {
+                let late_reader = r.chance(50);
+                order = if late_reader {
+                    Order::WriterFirst
+                } else {
+                    Order::ReaderFirst
+                };
+                Fault::Trickle {
+                    http_reader: r.chance(50),
+                    late_reader,
+                }
+            }
+            243..=245 => {
+                order = Order::ReaderFirst;
+                Fault::PingFlood {
+                    data_first: r.chance(50),
+                }
+            }
+            246..=248 => Fault::HeadersFlood {
+                by_count: r.chance(50),
+                body_after: r.chance(50),
+            },
             _ => Fault::None,
         };
-        let pings = !matches!(fault, Fault::WriterDrop { .. });
+        // CHAOS_SKIP=kind,kind plans those channels without a fault.
+        let fault = match std::env::var("CHAOS_SKIP") {
+            Ok(list) if list.split(',').any(|k| k.trim() == fault.kind()) => Fault::None,
+            _ => fault,
+        };
+        let pings = !matches!(
+            fault,
+            Fault::WriterDrop { .. } | Fault::PingFlood { .. } | Fault::HeadersFlood { .. }
+        );
         let ping_before = (0..n).map(|_| pings && r.chance(5)).collect();
         let split = (0..n)
             .map(|_| if r.chance(20) { r.next() | 1 } else { 0 })
@@ -317,6 +394,13 @@ impl Plan {
                 Ok("0") => false,
                 _ => r.chance(50),
             },
+            upload: if matches!(fault, Fault::Trickle { .. }) {
+                let len = r.range(256, 2049) as usize;
+                let off = r.below((block().len() - len) as u64) as usize;
+                &block()[off..off + len]
+            } else {
+                &[]
+            },
         }
     }
 
@@ -329,8 +413,11 @@ impl Plan {
             | Fault::WriterProtocol { after, .. } => after,
             // Kept small: nobody reads them, and they must fit the channel's buffer.
             Fault::Abandoned { .. } => self.frames.len().min(2),
-            Fault::DeleteUnused => 0,
-            Fault::None => self.frames.len(),
+            Fault::DeleteUnused
+            | Fault::Trickle { .. }
+            | Fault::PingFlood { .. }
+            | Fault::HeadersFlood { .. } => 0,
+            Fault::None | Fault::SlowPinger => self.frames.len(),
         }
     }
 }
@@ -348,6 +435,18 @@ struct Totals {
     cuts: AtomicUsize,
     garbage: AtomicUsize,
     garbage_control_hangs: AtomicUsize,
+    /// Pings the slow readers sent (each answered by its Pong).
+    slow_pings: AtomicU64,
+    /// Largest `buffered_bytes` / bytes sent seen during a trickled upload, and the polls.
+    trickle_ratio_max: Mutex<f64>,
+    trickle_polls: AtomicUsize,
+    /// Pings the flooding readers sent, and the longest time from a flood's first ping to
+    /// its connection being closed.
+    flood_pings: AtomicU64,
+    flood_close_max_ms: AtomicU64,
+    /// Relay RSS sampled while a ping flood / a set_headers flood was under way.
+    ping_flood_rss_max: AtomicU64,
+    headers_flood_rss_max: AtomicU64,
     failures: Mutex<Vec<String>>,
     by_kind: Mutex<BTreeMap<&'static str, usize>>,
     by_reason: Mutex<BTreeMap<&'static str, usize>>,
@@ -471,12 +570,22 @@ fn signal(tx: &Option<Sender<()>>) {
 }
 
 fn run_writer(
-    data: SocketAddr,
+    relay: &Relay,
     ch: &ChannelInfo,
     plan: &Plan,
     s: &Sync,
     t: &Totals,
 ) -> Result<String, String> {
+    match plan.fault {
+        Fault::Trickle { .. } => return trickle_writer(relay, ch, plan, s, t),
+        Fault::PingFlood { .. } => return flood_writer(relay, ch, s),
+        Fault::HeadersFlood {
+            by_count,
+            body_after,
+        } => return headers_writer(relay, ch, plan, s, t, by_count, body_after),
+        _ => {}
+    }
+    let data = relay.data;
     wait(&s.reader_up_rx, "reader handshake")?;
     let mut w = connect(data, ch, "write")?;
     signal(&s.writer_up);
@@ -491,7 +600,11 @@ fn run_writer(
         }
     }
     match plan.fault {
-        Fault::None => {
+        Fault::None | Fault::SlowPinger => {
+            if plan.fault == Fault::SlowPinger {
+                // Closed only once the reader has every frame and every Pong it asked for.
+                wait(&s.reader_left_rx, "the slow reader to have everything")?;
+            }
             w.send_close(1000, "");
             let (end, pongs) = writer_outcome(&mut w)?;
             if end != End::Close(1000, String::new()) {
@@ -586,7 +699,10 @@ fn run_writer(
         Fault::Abandoned {
             writer_waits: false,
         }
-        | Fault::DeleteUnused => unreachable!(),
+        | Fault::DeleteUnused
+        | Fault::Trickle { .. }
+        | Fault::PingFlood { .. }
+        | Fault::HeadersFlood { .. } => unreachable!(),
     }
 }
 
@@ -653,12 +769,22 @@ fn read_frames(
 }
 
 fn run_reader(
-    data: SocketAddr,
+    relay: &Relay,
     ch: &ChannelInfo,
     plan: &Plan,
     s: &Sync,
     t: &Totals,
 ) -> Result<String, String> {
+    match plan.fault {
+        Fault::SlowPinger => return slow_reader(relay, ch, plan, s, t),
+        Fault::Trickle { http_reader, .. } => {
+            return trickle_reader(relay, ch, plan, s, t, http_reader)
+        }
+        Fault::PingFlood { data_first } => return flood_reader(relay, ch, s, t, data_first),
+        Fault::HeadersFlood { .. } => return headers_reader(relay, ch, s),
+        _ => {}
+    }
+    let data = relay.data;
     if s.writer_up_rx.is_some() {
         wait(&s.writer_up_rx, "writer handshake")?;
         std::thread::sleep(Duration::from_millis(plan.reader_delay_ms));
@@ -772,7 +898,12 @@ fn run_reader(
             hang_up(r, plan, &end);
             Ok("close 1011".into())
         }
-        Fault::Abandoned { writer_waits: true } | Fault::DeleteUnused => unreachable!(),
+        Fault::Abandoned { writer_waits: true }
+        | Fault::DeleteUnused
+        | Fault::SlowPinger
+        | Fault::Trickle { .. }
+        | Fault::PingFlood { .. }
+        | Fault::HeadersFlood { .. } => unreachable!(),
     }
 }
 
@@ -814,10 +945,19 @@ fn run_channel(relay: &Relay, plan: &Plan, t: &Totals) -> Result<(), String> {
     let (rl_tx, rl_rx) = channel();
     let (p_tx, p_rx) = channel();
     let (d_tx, d_rx) = channel();
-    let leave = matches!(plan.fault, Fault::ReaderLeave { .. });
+    // Also "the slow reader has everything": then its writer closes.
+    // Also "the slow reader has everything" (then its writer closes) and "the flood is on"
+    // (then its writer streams).
+    let leave = matches!(
+        plan.fault,
+        Fault::ReaderLeave { .. } | Fault::SlowPinger | Fault::PingFlood { .. }
+    );
+    // A flooded channel's reader waits for its writer's handshake too.
+    let writer_up =
+        plan.order == Order::WriterFirst || matches!(plan.fault, Fault::PingFlood { .. });
     let del = matches!(plan.fault, Fault::Delete { .. });
     let ws = Sync {
-        writer_up: (plan.order == Order::WriterFirst && has_reader).then_some(wu_tx),
+        writer_up: (writer_up && has_reader).then_some(wu_tx),
         writer_up_rx: None,
         reader_up: None,
         reader_up_rx: (plan.order == Order::ReaderFirst && has_reader).then_some(ru_rx),
@@ -828,7 +968,7 @@ fn run_channel(relay: &Relay, plan: &Plan, t: &Totals) -> Result<(), String> {
     };
     let rs = Sync {
         writer_up: None,
-        writer_up_rx: (plan.order == Order::WriterFirst && has_writer).then_some(wu_rx),
+        writer_up_rx: (writer_up && has_writer).then_some(wu_rx),
         reader_up: (plan.order == Order::ReaderFirst && has_writer).then_some(ru_tx),
         reader_up_rx: None,
         reader_left: leave.then_some(rl_tx),
@@ -836,11 +976,10 @@ fn run_channel(relay: &Relay, plan: &Plan, t: &Totals) -> Result<(), String> {
         paused: None,
         deleted_rx: None,
     };
-    let data = relay.data;
     let chr = &ch;
     let (wres, rres) = std::thread::scope(|sc| {
-        let wh = has_writer.then(|| sc.spawn(move || run_writer(data, chr, plan, &ws, t)));
-        let rh = has_reader.then(|| sc.spawn(move || run_reader(data, chr, plan, &rs, t)));
+        let wh = has_writer.then(|| sc.spawn(move || run_writer(relay, chr, plan, &ws, t)));
+        let rh = has_reader.then(|| sc.spawn(move || run_reader(relay, chr, plan, &rs, t)));
         if del {
             if p_rx.recv_timeout(SYNC_WAIT).is_ok() {
                 let st = relay.delete(&ch.id);
@@ -869,8 +1008,705 @@ fn run_channel(relay: &Relay, plan: &Plan, t: &Totals) -> Result<(), String> {
             t.outcome(format!("{}: writer {w}, reader {r}", plan.fault.kind()));
             Ok(())
         }
-        (w, r) => Err(format!("writer: {w:?}; reader: {r:?}")),
+        (w, r) => Err(format!("channel {}: writer: {w:?}; reader: {r:?}", ch.id)),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Slow readers, trickled uploads, floods
+// ---------------------------------------------------------------------------
+
+/// Pongs the relay owes a reader at most (`MAX_OWED_PONGS`): a reader that keeps no more
+/// pings than this unanswered gets a Pong for every one.
+const MAX_OWED_PONGS: usize = 64;
+
+/// The relay's close handshake timeout (`CLOSE_TIMEOUT`, docs/limits.md).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A flooding reader's connection must be closed this long after its first ping at the
+/// latest: the close timeout, plus slack for noticing the flood on a loaded 2-core machine.
+const FLOOD_CLOSE_BOUND: Duration = Duration::from_secs(9);
+
+fn io_err(what: &str) -> impl Fn(io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// A WebSocket end on a raw socket (`rcvbuf`: its receive buffer, set before connecting so
+/// the window stays small). Returns the socket and the bytes that came after the 101.
+fn raw_ws(
+    addr: SocketAddr,
+    path: &str,
+    rcvbuf: Option<usize>,
+) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(io_err("socket"))?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).map_err(io_err("SO_RCVBUF"))?;
+    }
+    sock.connect(&addr.into()).map_err(io_err("connect"))?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        random_ws_key()
+    )
+    .map_err(io_err("handshake"))?;
+    let mut rest = Vec::new();
+    let head = read_head_into(&mut s, &mut rest).map_err(io_err("handshake answer"))?;
+    let head = Head::parse(&head)?;
+    if head.status != 101 {
+        return Err(format!("handshake {path} answered {}", head.status));
+    }
+    Ok((s, rest))
+}
+
+/// One server frame at the front of `buf` and its length on the wire; `None` until it is
+/// complete.
+fn parse_server_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, String> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    if buf[1] & 0x80 != 0 {
+        return Err("server sent a masked frame".into());
+    }
+    let (len, hl) = match buf[1] & 0x7F {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return Ok(None),
+        n => (n as usize, 2),
+    };
+    if buf.len() < hl + len {
+        return Ok(None);
+    }
+    Ok(Some((
+        Frame {
+            fin: buf[0] & 0x80 != 0,
+            rsv: (buf[0] >> 4) & 7,
+            opcode: buf[0] & 0xF,
+            payload: buf[hl..hl + len].to_vec(),
+        },
+        hl + len,
+    )))
+}
+
+/// A reader that reads 1–8 KiB at a time with a pause after each read and pings every
+/// other read while frames are still coming, never more than `MAX_OWED_PONGS` unanswered.
+/// Every frame must arrive intact and in order, and every ping must get its Pong (same
+/// payload, in order) before the Close 1000, which its writer sends only once the reader
+/// has everything.
+fn slow_reader(
+    relay: &Relay,
+    ch: &ChannelInfo,
+    plan: &Plan,
+    s: &Sync,
+    t: &Totals,
+) -> Result<String, String> {
+    wait(&s.writer_up_rx, "writer handshake")?;
+    let (mut sock, mut buf) = raw_ws(relay.data, &ch.path("read"), None)?;
+    signal(&s.reader_up);
+    let mut r = Rng::new(plan.mask_seed);
+    let mut tmp = vec![0u8; r.range(1024, 8193) as usize];
+    let want = plan.frames.len();
+    let (mut got, mut answered, mut reads) = (0usize, 0usize, 0u64);
+    let mut pings: Vec<Vec<u8>> = Vec::new();
+    let mut told_writer = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let end = 'read: loop {
+        while let Some((f, used)) = parse_server_frame(&buf)? {
+            buf.drain(..used);
+            match f.opcode {
+                OP_PONG => {
+                    if pings.get(answered) != Some(&f.payload) {
+                        return Err(format!(
+                            "slow reader: Pong {:?} after {answered} of {} pings answered",
+                            String::from_utf8_lossy(&f.payload),
+                            pings.len()
+                        ));
+                    }
+                    answered += 1;
+                }
+                OP_CLOSE => {
+                    let (c, reason) = f.close_code();
+                    break 'read End::Close(c, reason);
+                }
+                _ => {
+                    check_frame(plan, got, &f, t)?;
+                    got += 1;
+                }
+            }
+        }
+        if got == want && answered == pings.len() && !told_writer {
+            signal(&s.reader_left);
+            told_writer = true;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "slow reader: {got}/{want} frames, {answered}/{} Pongs after 20 s",
+                pings.len()
+            ));
+        }
+        if got < want && reads % 2 == 0 && pings.len() - answered < MAX_OWED_PONGS {
+            let p = format!("slow {} {}", plan.idx, pings.len()).into_bytes();
+            let m = (r.next() as u32).to_le_bytes();
+            sock.write_all(&encode_frame(true, 0, OP_PING, &p, Some(m)))
+                .map_err(io_err("slow reader ping"))?;
+            pings.push(p);
+        }
+        match sock.read(&mut tmp) {
+            Ok(0) => break End::Cut("EOF".into()),
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e) if is_cut(&e) => break End::Cut(e.to_string()),
+            Err(e) => return Err(format!("slow reader read after {got} frames: {e}")),
+        }
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    if end != End::Close(1000, String::new()) || got != want || answered != pings.len() {
+        return Err(format!(
+            "slow reader: {end:?} after {got}/{want} frames, {answered}/{} Pongs",
+            pings.len()
+        ));
+    }
+    t.slow_pings
+        .fetch_add(pings.len() as u64, Ordering::Relaxed);
+    t.pongs.fetch_add(answered as u64, Ordering::Relaxed);
+    if plan.echo_close {
+        let _ = sock.write_all(&frame(true, OP_CLOSE, &close_payload(1000, "")));
+    }
+    Ok(format!("close 1000 ({} pings)", pings.len()))
+}
+
+fn buffered_bytes(relay: &Relay, id: &str) -> Option<u64> {
+    let r = relay.control("GET", &format!("/v1/channels/{id}"), None);
+    (r.status == 200)
+        .then(|| r.json()["buffered_bytes"].as_u64())
+        .flatten()
+}
+
+/// `PUT`/`POST` with `Content-Length`, the body sent 1–16 bytes at a time with 1–3 ms
+/// pauses. Every 32 pieces the relay's `buffered_bytes` for the channel must stay within
+/// 64 × the bytes sent + 64 KiB; the answer must be `200 {"bytes": length}`.
+fn trickle_writer(
+    relay: &Relay,
+    ch: &ChannelInfo,
+    plan: &Plan,
+    s: &Sync,
+    t: &Totals,
+) -> Result<String, String> {
+    wait(&s.reader_up_rx, "reader connected")?;
+    let body = plan.upload;
+    let mut r = Rng::new(plan.mask_seed ^ 1);
+    let method = if r.chance(50) { "PUT" } else { "POST" };
+    let mut w = tcp_connect(relay.data);
+    write!(
+        w,
+        "{method} {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        ch.path("write"),
+        body.len()
+    )
+    .map_err(io_err("upload head"))?;
+    let (mut sent, mut pieces, mut worst) = (0usize, 0usize, 0f64);
+    while sent < body.len() {
+        let n = (r.range(1, 17) as usize).min(body.len() - sent);
+        w.write_all(&body[sent..sent + n])
+            .map_err(io_err("upload body"))?;
+        sent += n;
+        pieces += 1;
+        std::thread::sleep(Duration::from_millis(r.range(1, 4)));
+        if pieces % 32 == 0 || sent == body.len() {
+            let Some(held) = buffered_bytes(relay, &ch.id) else {
+                continue; // the stream may have ended meanwhile
+            };
+            t.trickle_polls.fetch_add(1, Ordering::Relaxed);
+            if held > 64 * sent as u64 + 64 * 1024 {
+                return Err(format!(
+                    "relay holds {held} bytes for {sent} bytes trickled in {pieces} pieces"
+                ));
+            }
+            worst = worst.max(held as f64 / sent as f64);
+        }
+    }
+    {
+        let mut m = t.trickle_ratio_max.lock().unwrap();
+        *m = m.max(worst);
+    }
+    // A late reader connects now; the answer comes once every byte is handed on.
+    signal(&s.writer_up);
+    let (got, end) = read_all_until(&mut w, Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&got);
+    let want = format!("{{\"bytes\":{}}}", body.len());
+    if status_of(&got) != Some(200) || !text.ends_with(&want) {
+        return Err(format!("upload answered {end:?} {text:?}"));
+    }
+    Ok(format!("200 after {pieces} pieces"))
+}
+
+/// The reader of a trickled upload (WebSocket or HTTP download) gets exactly the body.
+fn trickle_reader(
+    relay: &Relay,
+    ch: &ChannelInfo,
+    plan: &Plan,
+    s: &Sync,
+    t: &Totals,
+    http: bool,
+) -> Result<String, String> {
+    wait(&s.writer_up_rx, "the whole body sent")?;
+    let mut body = Vec::new();
+    let how = if http {
+        let mut c = HttpConn::connect(relay.data);
+        c.get(&ch.path("read"), false, &[]);
+        signal(&s.reader_up);
+        let head = c.read_head().map_err(io_err("download head"))?;
+        if head.status != 200 || !head.is_chunked() {
+            return Err(format!("download answered {head:?}"));
+        }
+        while let Some(piece) = c.read_chunk().map_err(io_err("download body"))? {
+            body.extend_from_slice(&piece);
+        }
+        "200 chunked"
+    } else {
+        let mut r = connect(relay.data, ch, "read")?;
+        signal(&s.reader_up);
+        loop {
+            let f = r.read_frame().map_err(io_err("trickle reader"))?;
+            match f.opcode {
+                OP_BINARY if f.fin => body.extend_from_slice(&f.payload),
+                OP_CLOSE if f.close_code() == (1000, String::new()) => break,
+                _ => return Err(format!("trickle reader got {}", f.describe())),
+            }
+        }
+        "close 1000"
+    };
+    if body != plan.upload {
+        return Err(format!(
+            "reader got {} bytes, {} uploaded{}",
+            body.len(),
+            plan.upload.len(),
+            if body.len() == plan.upload.len() {
+                " (bytes differ)"
+            } else {
+                ""
+            }
+        ));
+    }
+    t.bytes_verified
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    Ok(how.into())
+}
+
+/// The 64 KiB payload of a flooded channel's frame `i`.
+fn flood_payload(i: usize) -> &'static [u8] {
+    let off = (i * 7919) % (block().len() - 65536);
+    &block()[off..off + 65536]
+}
+
+/// Streams 64 KiB frames (at most 1,024, for at most 15 s) until the relay ends the stream:
+/// the writer must get exactly Close 1001 "reader gone".
+fn flood_writer(relay: &Relay, ch: &ChannelInfo, s: &Sync) -> Result<String, String> {
+    wait(&s.reader_up_rx, "the flooding reader")?;
+    let mut w = connect(relay.data, ch, "write")?;
+    signal(&s.writer_up);
+    wait(&s.reader_left_rx, "the flood to start")?;
+    let mut out = w.stream.try_clone().map_err(io_err("clone"))?;
+    let stop = AtomicBool::new(false);
+    let (end, frames) = std::thread::scope(|sc| {
+        let streamer = sc.spawn(|| {
+            let t0 = Instant::now();
+            let mut i = 0;
+            while i < 1024 && !stop.load(Ordering::Relaxed) && t0.elapsed() < SYNC_WAIT / 2 {
+                let f = encode_frame(true, 0, OP_BINARY, flood_payload(i), Some([1, 2, 3, 4]));
+                if out.write_all(&f).is_err() {
+                    break;
+                }
+                i += 1;
+            }
+            i
+        });
+        w.set_read_timeout(FLOOD_CLOSE_BOUND + CLOSE_TIMEOUT);
+        let end = writer_outcome(&mut w).map(|(e, _)| e);
+        stop.store(true, Ordering::Relaxed);
+        // Wakes a write blocked on a relay that no longer reads us.
+        let _ = w.stream.shutdown(std::net::Shutdown::Both);
+        (end, streamer.join().unwrap())
+    });
+    match end? {
+        End::Close(1001, r) if r == "reader gone" => {
+            Ok(format!("close 1001 after {frames} frames"))
+        }
+        other => Err(format!(
+            "flooded channel's writer got {other:?} after {frames} frames"
+        )),
+    }
+}
+
+/// A reader with a 4 KiB receive buffer that never reads and sends pings without pause:
+/// the relay must end it (`ping_flood`) and close its connection within
+/// `FLOOD_CLOSE_BOUND` of its first ping. What it was sent before is checked afterwards:
+/// whole data frames in order, Pongs only for its pings, at most a Close 1008 "too many
+/// pings".
+fn flood_reader(
+    relay: &Relay,
+    ch: &ChannelInfo,
+    s: &Sync,
+    t: &Totals,
+    data_first: bool,
+) -> Result<String, String> {
+    let (mut sock, rest) = raw_ws(relay.data, &ch.path("read"), Some(4096))?;
+    sock.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    signal(&s.reader_up);
+    wait(&s.writer_up_rx, "writer handshake")?;
+    if data_first {
+        signal(&s.reader_left); // stream now
+                                // The writer's data backs up in the relay: its write to us is stuck.
+        let backed_up = wait_for(Duration::from_secs(10), || {
+            buffered_bytes(relay, &ch.id).filter(|b| *b >= 1 << 20)
+        });
+        if backed_up.is_none() {
+            return Err("the writer's data never backed up in the relay".into());
+        }
+    }
+    let t0 = Instant::now();
+    let (mut n, mut stalled, mut told) = (0u64, false, data_first);
+    let closed = loop {
+        if t0.elapsed() > FLOOD_CLOSE_BOUND {
+            break None;
+        }
+        if !stalled {
+            let p = format!("flood {n}").into_bytes();
+            match sock.write_all(&encode_frame(true, 0, OP_PING, &p, Some([9, 9, 9, 9]))) {
+                Ok(()) => n += 1,
+                Err(e) if is_cut(&e) => break Some(t0.elapsed()),
+                // The relay stopped reading us; the frame may be cut, so no more pings.
+                Err(_) => stalled = true,
+            }
+            if !data_first && !told && (n >= 256 || stalled) {
+                signal(&s.reader_left); // the flood is on: stream now
+                told = true;
+            }
+            if n % 4096 == 1 {
+                if let Some(v) = proc_status_field(relay.pid(), "VmRSS:") {
+                    t.ping_flood_rss_max.fetch_max(v, Ordering::Relaxed);
+                }
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sr = socket2::SockRef::from(&sock);
+        if let Ok(Some(_)) = sr.take_error() {
+            break Some(t0.elapsed());
+        }
+        if stalled && matches!(sock.peek(&mut [0u8; 1]), Ok(0) | Err(_)) {
+            break Some(t0.elapsed());
+        }
+    };
+    if !told {
+        signal(&s.reader_left);
+    }
+    t.flood_pings.fetch_add(n, Ordering::Relaxed);
+    let Some(closed) = closed else {
+        return Err(format!(
+            "the flooding reader's connection still open {FLOOD_CLOSE_BOUND:?} after its \
+             first ping ({n} pings sent, stalled: {stalled})"
+        ));
+    };
+    t.flood_close_max_ms
+        .fetch_max(closed.as_millis() as u64, Ordering::Relaxed);
+    // Now read what the relay had written to us.
+    let (more, _) = read_all_until(&mut sock, Duration::from_secs(2));
+    let mut buf = rest;
+    buf.extend_from_slice(&more);
+    let (mut off, mut frames) = (0, 0usize);
+    while let Some((f, used)) = parse_server_frame(&buf[off..])? {
+        off += used;
+        match f.opcode {
+            OP_PONG if f.payload.starts_with(b"flood ") => {}
+            OP_CLOSE if f.close_code() == (1008, "too many pings".into()) => {}
+            OP_BINARY if f.payload == flood_payload(frames) => frames += 1,
+            _ => return Err(format!("flooding reader was sent {}", f.describe())),
+        }
+    }
+    t.bytes_verified
+        .fetch_add(frames as u64 * 65536, Ordering::Relaxed);
+    Ok(format!("closed in {:.1}s", closed.as_secs_f64()))
+}
+
+/// `set_headers` messages past the limits (over 100 headers in 1–3 messages, or over
+/// 16 KiB of headers), maybe a `set_status` first and a body after: the writer must get
+/// exactly Close 1008 "response head too large".
+fn headers_writer(
+    relay: &Relay,
+    ch: &ChannelInfo,
+    plan: &Plan,
+    s: &Sync,
+    t: &Totals,
+    by_count: bool,
+    body_after: bool,
+) -> Result<String, String> {
+    wait(&s.reader_up_rx, "reader connected")?;
+    let mut w = connect(relay.data, ch, "write")?;
+    signal(&s.writer_up);
+    let mut r = Rng::new(plan.mask_seed ^ 2);
+    let mut msgs = Vec::new();
+    if r.chance(50) {
+        msgs.push(r#"{"type":"set_status","status_code":201}"#.to_string());
+    }
+    let headers: Vec<(String, String)> = if by_count {
+        (0..r.range(101, 161))
+            .map(|i| (format!("x-h{i}"), format!("v{i}")))
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        let mut bytes = 0;
+        while bytes <= 16 * 1024 {
+            let len = r.range(1024, 4097) as usize;
+            bytes += len + 8;
+            v.push((format!("x-b{}", v.len()), "b".repeat(len)));
+        }
+        v
+    };
+    let parts = r.range(1, 4) as usize;
+    for part in headers.chunks(headers.len().div_ceil(parts)) {
+        let obj: serde_json::Map<String, serde_json::Value> = part
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        msgs.push(serde_json::json!({"type": "set_headers", "headers": obj}).to_string());
+    }
+    for m in &msgs {
+        let f = encode_frame(true, 0, OP_TEXT, m.as_bytes(), Some([5, 6, 7, 8]));
+        w.write_raw(&f).map_err(io_err("set_headers"))?;
+    }
+    if body_after {
+        let _ = w.write_raw(&encode_frame(
+            true,
+            0,
+            OP_BINARY,
+            b"body",
+            Some([1, 1, 1, 1]),
+        ));
+    }
+    let (end, _) = writer_outcome(&mut w)?;
+    if let Some(v) = proc_status_field(relay.pid(), "VmRSS:") {
+        t.headers_flood_rss_max.fetch_max(v, Ordering::Relaxed);
+    }
+    match end {
+        End::Close(1008, r) if r == "response head too large" => {
+            Ok(format!("close 1008 ({} headers)", headers.len()))
+        }
+        other => Err(format!("set_headers flood: writer got {other:?}")),
+    }
+}
+
+/// The HTTP reader of a set_headers flood gets 502 `response_head_too_large`.
+fn headers_reader(relay: &Relay, ch: &ChannelInfo, s: &Sync) -> Result<String, String> {
+    wait(&s.writer_up_rx, "writer handshake")?;
+    let mut c = HttpConn::connect(relay.data);
+    c.get(&ch.path("read"), false, &[]);
+    signal(&s.reader_up);
+    let head = c.read_head().map_err(io_err("download head"))?;
+    let body = c.read_to_eof().unwrap_or_default();
+    let body = String::from_utf8_lossy(&body);
+    if head.status != 502 || !body.contains("response_head_too_large") {
+        return Err(format!(
+            "set_headers flood: reader got {} {body:?}",
+            head.status
+        ));
+    }
+    Ok("502".into())
+}
+
+// ---------------------------------------------------------------------------
+// An engine that stops reading its event stream
+// ---------------------------------------------------------------------------
+
+/// The chaos relay's `subscriber_stall_timeout_ms` and `subscriber_queue_events`.
+const SUBSCRIBER_STALL: Duration = Duration::from_millis(500);
+const SUBSCRIBER_QUEUE: usize = 8;
+/// Each routed request must be answered this long after the stall timeout at the latest.
+const STALL_SLACK: Duration = Duration::from_secs(5);
+/// Most the relay's RSS may grow while the stalled engine's requests pile up.
+const STALL_RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// After the channels: an engine subscribes to `/v1/events` with a 4 KiB receive buffer,
+/// reads the events of the first two routed requests, then stops reading while `requests`
+/// more arrive (2 ms apart, each with a `pad`-byte header). `name` is the phase's kind
+/// (`CHAOS_SKIP` takes it too). Every request must
+/// be answered 503 within `SUBSCRIBER_STALL` + `STALL_SLACK` of being sent (the two whose
+/// events it read with `engine_dropped`, as many of those as `channel_ends_total`
+/// counts), the engine dropped and its socket closed, and the relay's RSS may grow by at
+/// most `STALL_RSS_BOUND_KIB`. Returns the phase's part of the summary line.
+fn subscriber_phase(
+    relay: &Relay,
+    problems: &mut Vec<String>,
+    name: &str,
+    requests: usize,
+    pad: usize,
+) -> String {
+    let skip = std::env::var("CHAOS_SKIP").unwrap_or_default();
+    if skip.split(',').any(|k| k.trim() == name) {
+        return String::new();
+    }
+    let mut fail = |m: String| problems.push(format!("{name}: {m}"));
+    let routes = r#"[{"method":"GET","path":"chaos/stall","route_id":"stall"}]"#;
+    let r = relay.control("PUT", "/v1/routes", Some(routes));
+    if r.status != 200 {
+        fail(format!("PUT /v1/routes answered {} {}", r.status, r.text()));
+        return String::new();
+    }
+    let subscribers = || relay.control("GET", "/v1/routes", None).json()["subscribers"].clone();
+    let (mut engine, mut ebuf) = match raw_ws(relay.control, "/v1/events", Some(4096)) {
+        Ok(e) => e,
+        Err(e) => {
+            fail(e);
+            return String::new();
+        }
+    };
+    if wait_for(Duration::from_secs(5), || {
+        (subscribers() == 1).then_some(())
+    })
+    .is_none()
+    {
+        fail("never registered".into());
+        return String::new();
+    }
+    let dropped_metric = "chanrelay_channel_ends_total{reason=\"engine_dropped\"}";
+    let dropped_before = relay.metric(dropped_metric);
+    let rss_before = relay.rss_kib();
+    let mut rss_peak = rss_before;
+    let request = format!(
+        "GET /chaos/stall HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "p".repeat(pad)
+    );
+    let send = || -> (std::net::TcpStream, Instant) {
+        let mut s = tcp_connect(relay.data);
+        let _ = s.write_all(request.as_bytes());
+        (s, Instant::now())
+    };
+    let mut clients = Vec::new();
+    // The engine reads the first two events ...
+    for i in 0..2 {
+        clients.push(send());
+        let got = loop {
+            match parse_server_frame(&ebuf) {
+                Ok(Some((f, used))) => {
+                    ebuf.drain(..used);
+                    if f.opcode == OP_TEXT {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+            let mut tmp = [0u8; 8192];
+            match engine.read(&mut tmp) {
+                Ok(n) if n > 0 => ebuf.extend_from_slice(&tmp[..n]),
+                other => break Err(format!("{other:?}")),
+            }
+        };
+        if let Err(e) = got {
+            fail(format!("event {i} not received: {e}"));
+            return String::new();
+        }
+    }
+    // ... then stops reading while the requests keep coming.
+    for _ in 0..requests {
+        clients.push(send());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = Instant::now() + SUBSCRIBER_STALL + STALL_SLACK;
+    let mut answers: Vec<(Vec<u8>, Option<Duration>, bool)> = clients
+        .iter()
+        .map(|(s, _)| {
+            s.set_nonblocking(true).unwrap();
+            (Vec::new(), None, false)
+        })
+        .collect();
+    while Instant::now() < deadline && answers.iter().any(|a| !a.2) {
+        for ((s, sent), (buf, at, done)) in clients.iter_mut().zip(answers.iter_mut()) {
+            let mut tmp = [0u8; 4096];
+            while !*done {
+                match s.read(&mut tmp) {
+                    Ok(0) => *done = true,
+                    Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        buf.extend_from_slice(format!("<{e}>").as_bytes());
+                        *done = true
+                    }
+                }
+                if at.is_none() && find(buf, b"\r\n\r\n").is_some() {
+                    *at = Some(sent.elapsed());
+                }
+            }
+        }
+        if let Some(v) = proc_status_field(relay.pid(), "VmRSS:") {
+            rss_peak = rss_peak.max(v);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (mut max_wait, mut engine_dropped, mut unanswered) = (Duration::ZERO, 0, Vec::new());
+    for (i, (buf, at, _)) in answers.iter().enumerate() {
+        let body = String::from_utf8_lossy(buf);
+        match (status_of(buf), at) {
+            (Some(503), Some(at)) => {
+                max_wait = max_wait.max(*at);
+                let dropped = body.contains("engine_dropped");
+                engine_dropped += dropped as usize;
+                if i < 2 && !dropped {
+                    fail(format!("request {i} (its event read) answered {body:?}"));
+                }
+            }
+            _ => unanswered.push(format!("#{i} {body:?}")),
+        }
+    }
+    if !unanswered.is_empty() {
+        fail(format!(
+            "{} of {} requests not answered 503 within {:?} of being sent: {}",
+            unanswered.len(),
+            answers.len(),
+            SUBSCRIBER_STALL + STALL_SLACK,
+            unanswered[..unanswered.len().min(3)].join(", ")
+        ));
+    }
+    if wait_for(Duration::from_secs(5), || {
+        (subscribers() == 0).then_some(())
+    })
+    .is_none()
+    {
+        fail("still registered".into());
+    }
+    let (_, end) = read_all_until(&mut engine, Duration::from_secs(10));
+    if !matches!(end, RawEnd::Reset | RawEnd::Eof) {
+        fail(format!("its socket not closed: {end:?}"));
+    }
+    let counted = wait_for(Duration::from_secs(5), || {
+        let n = relay.metric(dropped_metric) - dropped_before;
+        (n == engine_dropped as f64).then_some(n)
+    });
+    if counted.is_none() {
+        fail(format!(
+            "{engine_dropped} answers engine_dropped, channel_ends_total counts {}",
+            relay.metric(dropped_metric) - dropped_before
+        ));
+    }
+    if rss_peak > rss_before + STALL_RSS_BOUND_KIB {
+        fail(format!(
+            "relay RSS {rss_peak} KiB while its requests waited, {rss_before} KiB before"
+        ));
+    }
+    format!(
+        "{name}: requests={} engine_dropped={engine_dropped} max_answer_ms={} \
+         rss_kib before={rss_before} peak={rss_peak} ",
+        answers.len(),
+        max_wait.as_millis()
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -964,7 +1800,11 @@ fn chaos_run() {
     let n_channels = env_u64("CHAOS_CHANNELS", 2048) as usize;
     let n_workers = env_u64("CHAOS_WORKERS", 32) as usize;
     let started = Instant::now();
-    let mut relay = RELAY.with_config("handshake_timeout_ms = 2000\n");
+    let mut relay = RELAY.with_config(&format!(
+        "handshake_timeout_ms = 2000\nsubscriber_stall_timeout_ms = {}\n\
+         subscriber_queue_events = {SUBSCRIBER_QUEUE}\nmax_head_bytes = 65536\n",
+        SUBSCRIBER_STALL.as_millis()
+    ));
     // Warm up (both shards, the control thread) before taking the baselines: some fds
     // and allocations are made lazily on first use.
     for _ in 0..4 {
@@ -1022,6 +1862,7 @@ fn chaos_run() {
                 .iter()
                 .map(|o| o.payload.len() as u64)
                 .sum::<u64>()
+                + p.upload.len() as u64
         })
         .sum();
     let stop = AtomicBool::new(false);
@@ -1137,6 +1978,21 @@ fn chaos_run() {
             "bytes_forwarded_total {forwarded} < bytes verified {bytes_verified}"
         ));
     }
+    // Events that fill the engine's socket (the relay notices a write that does not
+    // finish), then a few that fit in it.
+    let mut stall_summary =
+        subscriber_phase(&relay, &mut problems, "stalled_engine_full", 300, 32 << 10);
+    stall_summary += &subscriber_phase(&relay, &mut problems, "stalled_engine_few", 64, 4 << 10);
+    if wait_for(Duration::from_secs(10), || {
+        let m = relay.metrics();
+        (metric_sum(&m, "chanrelay_channels_active") == Some(0.0)
+            && metric_sum(&m, "chanrelay_connections_active") == Some(0.0))
+        .then_some(())
+    })
+    .is_none()
+    {
+        problems.push("not settled 10 s after the stalled-engine phase".into());
+    }
     // Memory and fds back near their starting level.
     let fds_end = wait_for(Duration::from_secs(10), || {
         let n = relay.fd_count();
@@ -1180,8 +2036,10 @@ fn chaos_run() {
     eprintln!(
         "CHAOS SUMMARY seed={seed:#x} channels={chaos_channels} faults={faults} {} garbage_connections={} \
          (control hangs {}) warm_up_channels={warm_created} cut_streams={} frames_verified={} bytes_verified={} ({} MiB; planned {} MiB) \
-         bytes_forwarded_total={} pongs={} rss_kib start={rss_start} peak={rss_peak} end={rss_end} \
-         fds start={fds_start} end={fds_end} run={:.1}s",
+         bytes_forwarded_total={} pongs={} slow_reader_pings={} trickle_held_per_sent_max={:.1} (polls {}) \
+         ping_flood_pings={} ping_flood_close_max_ms={} ping_flood_rss_kib_max={} headers_flood_rss_kib_max={} \
+         rss_kib start={rss_start} peak={rss_peak} end={rss_end} \
+         fds start={fds_start} end={fds_end} {stall_summary} run={:.1}s",
         kinds.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
         t.garbage.load(Ordering::Relaxed),
         t.garbage_control_hangs.load(Ordering::Relaxed),
@@ -1192,8 +2050,18 @@ fn chaos_run() {
         planned_bytes >> 20,
         forwarded,
         t.pongs.load(Ordering::Relaxed),
+        t.slow_pings.load(Ordering::Relaxed),
+        *t.trickle_ratio_max.lock().unwrap(),
+        t.trickle_polls.load(Ordering::Relaxed),
+        t.flood_pings.load(Ordering::Relaxed),
+        t.flood_close_max_ms.load(Ordering::Relaxed),
+        t.ping_flood_rss_max.load(Ordering::Relaxed),
+        t.headers_flood_rss_max.load(Ordering::Relaxed),
         run_time.as_secs_f64(),
     );
+    if let Ok(path) = std::env::var("CHAOS_LOG_DUMP") {
+        let _ = std::fs::write(path, relay.log_all());
+    }
     if !problems.is_empty() {
         let n = problems.len();
         problems.truncate(40);
