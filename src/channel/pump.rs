@@ -162,15 +162,7 @@ async fn writer_loop(
                 write_due_close(ch, conn, due).await;
             }
         }
-        let mut chunk = Chunk {
-            buf,
-            segments: std::mem::take(&mut batch.segments),
-            pieces: std::mem::take(&mut batch.pieces),
-            at_boundary: batch.at_boundary,
-            payload_bytes: batch.payload_bytes,
-            frames: batch.frames_completed,
-            cost: 0,
-        };
+        let mut chunk = Chunk::from_batch(buf, &mut batch);
         if ch.end().is_some_and(|e| !e.delivers_pending()) {
             // Cut short while this read was in flight: only the rest of a frame the reader
             // is in the middle of still goes out.

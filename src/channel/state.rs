@@ -75,6 +75,19 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// What the frame forwarder made of `buf` (its ranges taken out of `batch`).
+    pub fn from_batch(buf: Vec<u8>, batch: &mut crate::wire::forward::Batch) -> Chunk {
+        Chunk {
+            buf,
+            segments: std::mem::take(&mut batch.segments),
+            pieces: std::mem::take(&mut batch.pieces),
+            at_boundary: batch.at_boundary,
+            payload_bytes: batch.payload_bytes,
+            frames: batch.frames_completed,
+            cost: 0,
+        }
+    }
+
     /// Memory the chunk pins: its buffer and its records.
     pub fn measure(&self) -> usize {
         std::mem::size_of::<Chunk>()

@@ -37,15 +37,7 @@ fn writer_chunks(frames: &[(bool, Opcode, Vec<u8>)], reads: &[usize]) -> Vec<Chu
         at += n;
         fwd.process(&mut buf, &mut batch).expect("valid frames");
         carry = buf[batch.consumed..].to_vec();
-        chunks.push(Chunk {
-            buf,
-            segments: std::mem::take(&mut batch.segments),
-            pieces: std::mem::take(&mut batch.pieces),
-            at_boundary: batch.at_boundary,
-            payload_bytes: batch.payload_bytes,
-            frames: batch.frames_completed,
-            cost: 0,
-        });
+        chunks.push(Chunk::from_batch(buf, &mut batch));
     }
     chunks
 }
