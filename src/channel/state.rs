@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use crate::error::StreamEnd;
+use crate::wire::chunked::CHUNK_CRLF_LEN;
 use crate::wire::forward::Piece;
 use crate::wire::frame::{
     close_frame, server_frame, server_header_len, write_server_header, Opcode, MAX_HEADER_LEN,
@@ -39,6 +40,10 @@ use crate::wire::route::Direction;
 /// Room reserved for the records of one read (its chunk, ranges and frame pieces) when
 /// deciding whether the writer may be read.
 pub const READ_RECORDS_BYTES: usize = 1 << 10;
+
+/// Largest frame `extend_last_frame` grows by reallocating its buffer (larger ones are
+/// extended only within the buffer's room).
+pub const EXTEND_GROW_MAX: usize = 8 << 10;
 
 /// Pongs owed to a reader that wait for a frame boundary in its stream.
 pub const MAX_OWED_PONGS: usize = 64;
@@ -50,13 +55,16 @@ pub const MAX_UNANSWERED_PINGS: u32 = 64;
 
 /// A queued chunk whose data takes at most this many bytes is copied into the queue's
 /// last chunk (when that stays under `COALESCE_LIMIT_BYTES`) instead of keeping its own
-/// buffer and records.
-pub const COALESCE_MAX_BYTES: usize = 16 << 10;
+/// buffer and records. Small, so a stream's ordinary reads are never copied.
+pub const COALESCE_MAX_BYTES: usize = 1 << 10;
 /// Largest chunk that coalescing builds.
 pub const COALESCE_LIMIT_BYTES: usize = 64 << 10;
-/// A queued chunk with more unused capacity than this (and than its data) is copied into a
-/// right-sized buffer.
-pub const SHRINK_SLACK_BYTES: usize = 4 << 10;
+/// A queued chunk whose buffer is more than `SHRINK_RATIO` times its data plus
+/// `SHRINK_SLACK_BYTES` is copied into a right-sized buffer: a peer cannot pin a large
+/// read buffer with a few bytes, and the copy is at most a sixteenth of the buffer (copying
+/// fuller chunks costs throughput and allocator churn for little memory).
+pub const SHRINK_RATIO: usize = 16;
+pub const SHRINK_SLACK_BYTES: usize = 1 << 10;
 
 /// Forwarded bytes waiting for the reader: one read buffer, unmasked, with the ranges a
 /// WebSocket reader sends (`segments`) and the frame pieces an HTTP reader renders.
@@ -622,8 +630,8 @@ impl Core {
                 return Some(freed);
             }
         }
-        let freed =
-            (chunk.buf.capacity() - len > len.max(SHRINK_SLACK_BYTES)).then(|| chunk.shrink());
+        let freed = (chunk.buf.capacity() > SHRINK_RATIO * len + SHRINK_SLACK_BYTES)
+            .then(|| chunk.shrink());
         chunk.cost = chunk.measure();
         self.held += chunk.cost;
         self.queue.push_back(chunk);
@@ -645,7 +653,9 @@ impl Core {
         };
         let (start, len) = (p.payload.start, p.payload.len() + bytes.len());
         let whole = p.starts && p.ends && p.fin && p.opcode == Opcode::Binary;
-        if !whole || len > max_payload || start < MAX_HEADER_LEN {
+        // Growing the buffer copies it: worth it for a small (trickled) frame only.
+        let grows = start + len + CHUNK_CRLF_LEN > tail.buf.capacity();
+        if !whole || len > max_payload || start < MAX_HEADER_LEN || grows && len > EXTEND_GROW_MAX {
             return false;
         }
         self.held -= tail.cost;
