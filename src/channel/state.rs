@@ -64,6 +64,9 @@ pub const COALESCE_LIMIT_BYTES: usize = 64 << 10;
 /// read buffer with a few bytes, and the copy is at most a sixteenth of the buffer (copying
 /// fuller chunks costs throughput and allocator churn for little memory).
 pub const SHRINK_RATIO: usize = 16;
+/// Room a shrunk chunk keeps after its data: the reader's Close frame (with our longest
+/// reason) or a chunk's CRLF is appended there.
+pub const SHRINK_TAILROOM_BYTES: usize = 64;
 pub const SHRINK_SLACK_BYTES: usize = 1 << 10;
 
 /// Forwarded bytes waiting for the reader: one read buffer, unmasked, with the ranges a
@@ -146,9 +149,11 @@ impl Chunk {
         (segments, pieces)
     }
 
-    /// Copies the data into a buffer of its own size; returns the old buffer.
+    /// Copies the data into a buffer of its own size (plus room for a Close frame or an
+    /// HTTP chunk's CRLF after it, so the stream's last write stays one); returns the old
+    /// buffer.
     fn shrink(&mut self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(self.data_len());
+        let mut buf = Vec::with_capacity(self.data_len() + SHRINK_TAILROOM_BYTES);
         let (segments, pieces) = self.move_into(&mut buf);
         self.segments = segments;
         self.pieces = pieces;
