@@ -1452,15 +1452,21 @@ fn uploads_without_readers_stay_within_their_share_of_the_stream_budget() {
     let relay = RELAY.spawn(Some("stream_budget_bytes = 1048576\n"), 1);
     const BODY: usize = 8 << 20;
     let chans: Vec<ChannelInfo> = (0..4).map(|_| relay.create()).collect();
+    // Every upload's head first, so all four count as streams of the shard before any body
+    // byte is read (a share only limits what a stream takes next).
+    let heads_sent = std::sync::Arc::new(std::sync::Barrier::new(chans.len() + 1));
     let uploads: Vec<_> = chans
         .iter()
         .map(|ch| {
             let (data, path) = (relay.data, chan_path(ch, "write"));
+            let heads_sent = heads_sent.clone();
             std::thread::spawn(move || {
                 let mut s = tcp_connect(data);
                 let head =
                     format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
-                if s.write_all(head.as_bytes()).is_err() {
+                let sent = s.write_all(head.as_bytes()).is_ok();
+                heads_sent.wait();
+                if !sent {
                     return;
                 }
                 // Blocks once the relay stops reading; ends when the test drops the channel.
@@ -1473,14 +1479,17 @@ fn uploads_without_readers_stay_within_their_share_of_the_stream_budget() {
             })
         })
         .collect();
+    heads_sent.wait();
+    std::thread::sleep(Duration::from_millis(300));
     // Let every upload run into its limit.
     std::thread::sleep(Duration::from_millis(1500));
     let held: Vec<u64> = chans
         .iter()
         .map(|ch| relay.state(&ch.id)["buffered_bytes"].as_u64().unwrap())
         .collect();
+    // Each within a quarter of the shard's 1 MiB budget, plus the frame that may be taken
+    // before the check.
     for (ch, h) in chans.iter().zip(&held) {
-        // A quarter of 1 MiB, plus the frame that may be taken before the check.
         assert!(*h <= 400 << 10, "{}: holds {h} bytes ({held:?})", ch.id);
         assert!(*h > 0, "{}: upload never started ({held:?})", ch.id);
         relay.delete(&ch.id);
