@@ -10,6 +10,7 @@
 #   CHANRELAY_SDK_ONLY   comma list of case names to run (see the scripts)
 #   CHANRELAY_SDK_SKIP   comma list of case names to skip
 #   CHANRELAY_WS / CHANRELAY_CONTROL  if both set, test that running relay instead of starting one
+#                        (with CHANRELAY_SIGNING_SECRET = its signing_secret for the minted-refs cases)
 #
 # Deps are installed once, project-locally: tests/sdk/node_modules (npm ci, from
 # package-lock.json) and tests/sdk/.venv (pip, pinned in requirements.txt). Both are gitignored.
@@ -70,7 +71,10 @@ if [[ -n "${CHANRELAY_WS:-}" && -n "${CHANRELAY_CONTROL:-}" ]]; then
 else
   BIN="${CHANRELAY_BIN:-target/debug/chanrelay}"
   [[ -x "$BIN" ]] || { log "relay binary $BIN not found (cargo build first, or set CHANRELAY_BIN)"; exit 1; }
-  "$BIN" serve --listen 127.0.0.1:0 --control 127.0.0.1:0 --shards 2 >"$TMP/out" 2>"$TMP/err" &
+  # A signing secret, so refs minted by deploy/mint/ (no control API call) open channels.
+  export CHANRELAY_SIGNING_SECRET="sdk-test-secret-$RANDOM-$RANDOM-$$"
+  printf 'signing_secret = "%s"\n' "$CHANRELAY_SIGNING_SECRET" > "$TMP/config.toml"
+  "$BIN" serve --config "$TMP/config.toml" --listen 127.0.0.1:0 --control 127.0.0.1:0 --shards 2 >"$TMP/out" 2>"$TMP/err" &
   RELAY_PID=$!
   DATA_ADDR=""; CONTROL_ADDR=""
   for _ in $(seq 100); do

@@ -18,12 +18,16 @@
 //                         makes this SDK silently drop data); DELETE -> first reader gets 1011
 //   writer-abort-1011     writer.stream.destroy() (SDK terminates the socket, no Close): the
 //                         reader gets every byte written before, then Close 1011 'writer disconnected'
+//   minted-refs           refs minted by deploy/mint/mint_ref.mjs (no control API call; needs
+//                         CHANRELAY_SIGNING_SECRET = the relay's signing_secret): the documented
+//                         test vectors, then a stream between the SDK's writer and reader
 //
 // Last line: `sdk-node: N passed, M failed`. Exit status 1 if anything failed.
 
 import { ChannelReader, ChannelWriter } from 'iii-sdk/channel'
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { mintRef } from '../../deploy/mint/mint_ref.mjs'
 
 const MiB = 1024 * 1024
 const DATA_SIZE = Number(process.env.CHANRELAY_SDK_BYTES ?? 10 * MiB)
@@ -310,6 +314,34 @@ async function caseWriterFirstBlocked(base, control) {
   return `buffered ${st.buffered_bytes} B while blocked`
 }
 
+// The documented signed-key test vectors (docs/protocol.md).
+const VECTOR = {
+  secret: 'test-signing-secret-0123456789',
+  channelId: 'job-42',
+  expiry: 4102444800,
+  write: 's2.4102444800.IdiIRUnFPqGs_t_f8aMusAYDh_QgP5VxdYq2xxmBUoc',
+  read: 's2.4102444800.4TzP2zQgSbcCNOS_PYxywyWujNJ96jHLFZosH53iEyY',
+}
+
+async function caseMintedRefs(base, control) {
+  const v = mintRef(VECTOR.secret, { channelId: VECTOR.channelId, expiry: VECTOR.expiry })
+  check(v.writer.access_key === VECTOR.write, `write key ${v.writer.access_key} != test vector`)
+  check(v.reader.access_key === VECTOR.read, `read key ${v.reader.access_key} != test vector`)
+  const secret = process.env.CHANRELAY_SIGNING_SECRET
+  check(Boolean(secret), "CHANRELAY_SIGNING_SECRET not set (the relay's signing_secret)")
+  const ch = mintRef(secret, { ttlS: 120 })
+  const data = makePayload(17, 2 * MiB)
+  const msgs = makeMessages('minted')
+  const rp = nodeRead(base, ch.reader)
+  const wres = await nodeWrite(base, ch.writer, data, msgs, { endWith: 'end' })
+  const rres = await rp
+  checkWriter(wres)
+  checkReader(rres, data, msgs)
+  const { status } = await http('GET', `${control}/v1/channels/${ch.channel_id}`)
+  check(status === 404, `GET after the minted channel ended -> ${status}, expected 404 (gone)`)
+  return `test vectors match; ${data.length} B over a ref minted without the control API`
+}
+
 async function caseBadKey(base, control) {
   const ch = await createChannel(control)
   const k = ch.reader.access_key
@@ -411,6 +443,7 @@ async function main() {
     ['bad-key-404', caseBadKey],
     ['dup-writer-409+abort', caseDupWriterAbort],
     ['writer-abort-1011', caseWriterAbort],
+    ['minted-refs', caseMintedRefs],
   ]
   if (process.env.CHANRELAY_SDK_ONLY) {
     const only = process.env.CHANRELAY_SDK_ONLY.split(',')

@@ -15,6 +15,9 @@ Cases (each bounded by CASE_TIMEOUT seconds):
   reader-gone-1001      reader reads 256 KiB and closes; the writer's next writes fail with the
                         relay's Close 1001 'reader gone'
   abort-while-streaming DELETE while 64 KiB frames flow: both ends must get Close 1011
+  minted-refs           refs minted by deploy/mint/mint_ref.py (no control API call; needs
+                        CHANRELAY_SIGNING_SECRET = the relay's signing_secret): the documented
+                        test vectors, then a stream between the SDK's writer and reader
   cross node->py        Node SDK writer (sdk_test.mjs helper) -> Python SDK reader
   cross py->node        Python SDK writer -> Node SDK reader
                         (cross cases need `node` and tests/sdk/node_modules; skipped otherwise
@@ -455,6 +458,35 @@ async def run_node_helper(spec: dict) -> dict:
     return res
 
 
+# The documented signed-key test vectors (docs/protocol.md).
+VECTOR_SECRET, VECTOR_ID, VECTOR_EXPIRY = "test-signing-secret-0123456789", "job-42", 4102444800
+VECTOR_KEYS = {
+    "write": "s2.4102444800.IdiIRUnFPqGs_t_f8aMusAYDh_QgP5VxdYq2xxmBUoc",
+    "read": "s2.4102444800.4TzP2zQgSbcCNOS_PYxywyWujNJ96jHLFZosH53iEyY",
+}
+
+
+async def case_minted_refs(base: str, control: str) -> str:
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "deploy", "mint"))
+    from mint_ref import mint_ref  # the snippet docs/deployment.md shows
+
+    v = mint_ref(VECTOR_SECRET, VECTOR_ID, expiry=VECTOR_EXPIRY)
+    for end, d in (("writer", "write"), ("reader", "read")):
+        check(v[end]["access_key"] == VECTOR_KEYS[d], f"{d} key {v[end]['access_key']} != test vector")
+    secret = os.environ.get("CHANRELAY_SIGNING_SECRET")
+    check(bool(secret), "CHANRELAY_SIGNING_SECRET not set (the relay's signing_secret)")
+    ch = mint_ref(secret, ttl_s=120)
+    data, msgs = make_payload(7, 2 * MiB), make_messages("minted")
+    rtask = asyncio.create_task(py_read(base, ch["reader"]))
+    wres = await py_write(base, ch["writer"], data, msgs)
+    rres = await rtask
+    check_writer(wres)
+    check_reader(rres, data, msgs)
+    status, _ = await asyncio.to_thread(_http, "GET", f"{control}/v1/channels/{ch['channel_id']}")
+    check(status == 404, f"GET after the minted channel ended -> {status}, expected 404 (gone)")
+    return f"test vectors match; {len(data)} B over a ref minted without the control API"
+
+
 async def case_cross_node_to_py(base: str, control: str) -> str:
     ch = await create_channel(control)
     data, msgs = make_payload(4), make_messages("node->py")
@@ -507,6 +539,7 @@ async def main() -> int:
         ("dup-reader-409+abort", case_dup_reader_abort),
         ("reader-gone-1001", case_reader_gone),
         ("abort-while-streaming", case_abort_streaming),
+        ("minted-refs", case_minted_refs),
     ]
     if node_cmd():
         cases += [("cross node->py", case_cross_node_to_py), ("cross py->node", case_cross_py_to_node)]
