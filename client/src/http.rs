@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::ws::parse_target;
+use crate::tls::Tls;
+use crate::ws::{open, parse_target, Stream};
 
 /// Whole-request time limit.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,10 +27,11 @@ pub(crate) async fn request(
     path: &str,
     token: Option<&str>,
     json_body: Option<&[u8]>,
+    tls: &Tls,
 ) -> Result<Response> {
     match tokio::time::timeout(
         REQUEST_TIMEOUT,
-        request_inner(base_url, method, path, token, json_body),
+        request_inner(base_url, method, path, token, json_body, tls),
     )
     .await
     {
@@ -48,8 +49,9 @@ async fn request_inner(
     path: &str,
     token: Option<&str>,
     json_body: Option<&[u8]>,
+    tls: &Tls,
 ) -> Result<Response> {
-    let target = parse_target(base_url, 80)?;
+    let target = parse_target(base_url)?;
     let prefix = target.uri.path().trim_end_matches('/');
     let authority = target
         .uri
@@ -77,8 +79,7 @@ async fn request_inner(
     }
     head.push_str("\r\n");
 
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    stream.set_nodelay(true)?;
+    let mut stream = open(&target, tls).await?;
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
     stream.write_all(&out).await?;
@@ -173,7 +174,7 @@ fn body_framing(headers: &[httparse::Header<'_>]) -> Result<Framing> {
     Ok(Framing::Close)
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize> {
+async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<usize> {
     let mut chunk = [0u8; 8192];
     let n = stream.read(&mut chunk).await?;
     buf.extend_from_slice(&chunk[..n]);
@@ -181,7 +182,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize> {
 }
 
 /// Decodes a chunked body; `buf` holds the bytes already read after the head.
-async fn read_chunked(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+async fn read_chunked(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut pos = 0;
     loop {

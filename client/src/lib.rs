@@ -22,7 +22,9 @@
 //! upgrade (`404` unknown channel or wrong key, `409` end already taken, `503` relay full or
 //! draining) are [`Error::Http`].
 //!
-//! Plain `ws://` / `http://` only (no TLS); requires a tokio runtime with the I/O and time
+//! `ws://` / `http://`, or `wss://` / `https://` through rustls (a balancer in front of the
+//! relays terminates TLS; the webpki roots are trusted, or a private CA with [`Tls`]). Requires
+//! a tokio runtime with the I/O and time
 //! drivers enabled (as `#[tokio::main]` sets up).
 //!
 //! # Example
@@ -62,6 +64,7 @@ mod error;
 mod http;
 mod reader;
 mod relay;
+mod tls;
 mod writer;
 mod ws;
 
@@ -71,6 +74,7 @@ pub use reader::ChannelReader;
 pub use relay::{
     Channel, ChannelInfo, ChannelOptions, Relay, DEFAULT_CONTROL_URL, DEFAULT_DATA_URL,
 };
+pub use tls::Tls;
 pub use writer::{ChannelWriter, MAX_FRAME_BYTES};
 
 #[cfg(test)]

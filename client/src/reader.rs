@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::chanref::{channel_url, ChannelRef, Direction};
 use crate::error::{from_ws, Error, Result};
+use crate::tls::Tls;
 use crate::writer::close_error;
 use crate::ws::{self, Ws};
 
@@ -98,6 +99,8 @@ pub struct ChannelReader {
     pending: Bytes,
     /// The `Stream` impl already yielded its error.
     stream_finished: bool,
+    /// Whom to trust on a `wss://` base URL.
+    tls: Tls,
 }
 
 impl fmt::Debug for ChannelReader {
@@ -146,10 +149,17 @@ impl ChannelReader {
             ),
             channel_id: channel_ref.channel_id.clone(),
             state: State::Idle,
+            tls: Tls::default(),
             callbacks: Vec::new(),
             pending: Bytes::new(),
             stream_finished: false,
         }
+    }
+
+    /// Trusts `tls`'s CAs for a `wss://` base URL (the default trusts the webpki roots).
+    pub fn with_tls(mut self, tls: Tls) -> ChannelReader {
+        self.tls = tls;
+        self
     }
 
     /// Whether the WebSocket is currently open.
@@ -258,7 +268,10 @@ impl ChannelReader {
         loop {
             match &mut self.state {
                 State::Idle => {
-                    self.state = State::Connecting(Box::pin(ws::connect(self.url.clone())));
+                    self.state = State::Connecting(Box::pin(ws::connect(
+                        self.url.clone(),
+                        self.tls.clone(),
+                    )));
                 }
                 State::Connecting(fut) => match ready!(fut.as_mut().poll(cx)) {
                     Ok(ws) => self.state = State::Open(Box::new(ws)),

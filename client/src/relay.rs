@@ -6,6 +6,7 @@ use crate::chanref::ChannelRef;
 use crate::error::{Error, Result};
 use crate::http;
 use crate::reader::ChannelReader;
+use crate::tls::Tls;
 use crate::writer::ChannelWriter;
 
 /// Default control API URL of a relay started with default settings.
@@ -66,6 +67,8 @@ pub struct Relay {
     control_url: String,
     data_url: String,
     token: Option<String>,
+    /// Whom to trust on `https://`/`wss://` URLs (also for the ends it opens).
+    tls: Tls,
 }
 
 /// Options for [`Relay::create_channel_with`]; `None` keeps the relay's default.
@@ -177,6 +180,7 @@ impl Relay {
             control_url: control_url.into(),
             data_url: data_url.into(),
             token: None,
+            tls: Tls::default(),
         }
     }
 
@@ -218,6 +222,13 @@ impl Relay {
     /// ```
     pub fn with_token(mut self, token: impl Into<String>) -> Relay {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts `tls`'s CAs on `https://` and `wss://` URLs, for the control API and every end
+    /// this relay handle opens (the default trusts the webpki roots).
+    pub fn with_tls(mut self, tls: Tls) -> Relay {
+        self.tls = tls;
         self
     }
 
@@ -285,8 +296,8 @@ impl Relay {
             .await?;
         let created: CreateResponse = parse_json(&resp.body)?;
         Ok(Channel {
-            writer: ChannelWriter::new(&self.data_url, &created.writer),
-            reader: ChannelReader::new(&self.data_url, &created.reader),
+            writer: ChannelWriter::new(&self.data_url, &created.writer).with_tls(self.tls.clone()),
+            reader: ChannelReader::new(&self.data_url, &created.reader).with_tls(self.tls.clone()),
             writer_ref: created.writer,
             reader_ref: created.reader,
         })
@@ -350,7 +361,7 @@ impl Relay {
     /// # }
     /// ```
     pub fn writer(&self, writer_ref: &ChannelRef) -> ChannelWriter {
-        ChannelWriter::new(&self.data_url, writer_ref)
+        ChannelWriter::new(&self.data_url, writer_ref).with_tls(self.tls.clone())
     }
 
     /// A reader for `reader_ref` on this relay's data plane (same as
@@ -366,7 +377,7 @@ impl Relay {
     /// # }
     /// ```
     pub fn reader(&self, reader_ref: &ChannelRef) -> ChannelReader {
-        ChannelReader::new(&self.data_url, reader_ref)
+        ChannelReader::new(&self.data_url, reader_ref).with_tls(self.tls.clone())
     }
 
     async fn control(
@@ -375,8 +386,15 @@ impl Relay {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<http::Response> {
-        let resp =
-            http::request(&self.control_url, method, path, self.token.as_deref(), body).await?;
+        let resp = http::request(
+            &self.control_url,
+            method,
+            path,
+            self.token.as_deref(),
+            body,
+            &self.tls,
+        )
+        .await?;
         if !(200..300).contains(&resp.status) {
             return Err(Error::Http {
                 status: resp.status,

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::chanref::{channel_url, ChannelRef, Direction};
 use crate::error::{from_ws, Error, Result};
+use crate::tls::Tls;
 use crate::ws::{self, Ws};
 
 /// Largest binary frame a writer sends: `write` splits its data into frames of at most
@@ -95,6 +96,8 @@ pub struct ChannelWriter {
     url: String,
     channel_id: String,
     state: State,
+    /// Whom to trust on a `wss://` base URL.
+    tls: Tls,
 }
 
 impl fmt::Debug for ChannelWriter {
@@ -163,7 +166,14 @@ impl ChannelWriter {
             ),
             channel_id: channel_ref.channel_id.clone(),
             state: State::Idle,
+            tls: Tls::default(),
         }
+    }
+
+    /// Trusts `tls`'s CAs for a `wss://` base URL (the default trusts the webpki roots).
+    pub fn with_tls(mut self, tls: Tls) -> ChannelWriter {
+        self.tls = tls;
+        self
     }
 
     /// Whether the WebSocket is currently open (connected and not yet closed or failed).
@@ -277,7 +287,10 @@ impl ChannelWriter {
         loop {
             match &mut self.state {
                 State::Idle => {
-                    self.state = State::Connecting(Box::pin(ws::connect(self.url.clone())));
+                    self.state = State::Connecting(Box::pin(ws::connect(
+                        self.url.clone(),
+                        self.tls.clone(),
+                    )));
                 }
                 State::Connecting(fut) => match ready!(fut.as_mut().poll(cx)) {
                     Ok(ws) => self.state = State::Open(Box::new(ws)),

@@ -5,9 +5,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::error::{from_ws, Error, Result};
+use crate::tls::Tls;
 
 /// How long the TCP connect plus the WebSocket handshake may take (the SDKs use 10 s).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -17,33 +18,34 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// each `read`).
 const READ_BUFFER_BYTES: usize = 128 * 1024;
 
-/// A channel end's WebSocket.
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A connection to the relay (or a balancer in front of it): plain TCP, or TLS over it.
+pub(crate) type Stream = MaybeTlsStream<TcpStream>;
 
-/// Host and port of an `http://`/`ws://` URL (TLS schemes are refused).
+/// A channel end's WebSocket.
+pub(crate) type Ws = WebSocketStream<Stream>;
+
+/// Host and port of an `http(s)://`/`ws(s)://` URL, and whether it speaks TLS.
 pub(crate) struct Target {
     pub host: String,
     pub port: u16,
     pub uri: Uri,
+    pub tls: bool,
 }
 
-pub(crate) fn parse_target(url: &str, default_port: u16) -> Result<Target> {
+pub(crate) fn parse_target(url: &str) -> Result<Target> {
     let uri: Uri = url
         .parse()
         .map_err(|e| Error::Protocol(format!("invalid URL {url:?}: {e}")))?;
-    match uri.scheme_str() {
-        Some("ws") | Some("http") => {}
-        Some("wss") | Some("https") => {
-            return Err(Error::Protocol(format!(
-                "TLS URLs are not supported by chanrelay-client: {url:?}"
-            )))
-        }
+    let tls = match uri.scheme_str() {
+        Some("ws") | Some("http") => false,
+        Some("wss") | Some("https") => true,
         _ => {
             return Err(Error::Protocol(format!(
-                "URL must start with ws:// or http://: {url:?}"
+                "URL must start with ws://, wss://, http:// or https://: {url:?}"
             )))
         }
-    }
+    };
+    let default_port = if tls { 443 } else { 80 };
     let host = uri
         .host()
         .ok_or_else(|| Error::Protocol(format!("URL has no host: {url:?}")))?;
@@ -52,12 +54,30 @@ pub(crate) fn parse_target(url: &str, default_port: u16) -> Result<Target> {
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(default_port);
-    Ok(Target { host, port, uri })
+    Ok(Target {
+        host,
+        port,
+        uri,
+        tls,
+    })
 }
 
-/// Connects to a channel URL (`ws://host:port/ws/channels/...`) and performs the handshake.
-pub(crate) async fn connect(url: String) -> Result<Ws> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(&url)).await {
+/// Opens the TCP connection to `target`, with the TLS handshake when it speaks TLS.
+pub(crate) async fn open(target: &Target, tls: &Tls) -> Result<Stream> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    tcp.set_nodelay(true)?;
+    if target.tls {
+        Ok(MaybeTlsStream::Rustls(
+            tls.connect(&target.host, tcp).await?,
+        ))
+    } else {
+        Ok(MaybeTlsStream::Plain(tcp))
+    }
+}
+
+/// Connects to a channel URL (`ws(s)://host:port/ws/channels/...`) and performs the handshake.
+pub(crate) async fn connect(url: String, tls: Tls) -> Result<Ws> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(&url, &tls)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -66,17 +86,17 @@ pub(crate) async fn connect(url: String) -> Result<Ws> {
     }
 }
 
-async fn connect_inner(url: &str) -> Result<Ws> {
-    let target = parse_target(url, 80)?;
-    // Always ask for ws:// (an http:// base URL names the same listener).
+async fn connect_inner(url: &str, tls: &Tls) -> Result<Ws> {
+    let target = parse_target(url)?;
+    let stream = open(&target, tls).await?;
+    // Always ask for ws(s):// (an http(s):// base URL names the same listener).
     let mut parts = target.uri.into_parts();
-    parts.scheme = Some("ws".parse().expect("static scheme"));
+    let scheme = if target.tls { "wss" } else { "ws" };
+    parts.scheme = Some(scheme.parse().expect("static scheme"));
     let uri = Uri::from_parts(parts).map_err(|e| Error::Protocol(e.to_string()))?;
-
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    tcp.set_nodelay(true)?;
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let (ws, _response) = tokio_tungstenite::client_async_with_config(uri, tcp, Some(config))
+    // The stream is already TLS when it must be.
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(uri, stream, Some(config))
         .await
         .map_err(from_ws)?;
     Ok(ws)

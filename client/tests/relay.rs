@@ -465,7 +465,7 @@ async fn refs_round_trip_as_iii_json() {
 async fn relay_from_unreachable_address_is_io_error() {
     let relay = Relay::new("http://127.0.0.1:1", "ws://127.0.0.1:1");
     assert!(matches!(relay.create_channel().await, Err(Error::Io(_))));
-    let bad = Relay::new("https://example.invalid", "ws://x");
+    let bad = Relay::new("ftp://127.0.0.1:1", "ws://x");
     assert!(matches!(
         bad.create_channel().await,
         Err(Error::Protocol(_))

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use chanrelay_client::Relay;
 use chanrelay_testkit::{cargo_build_executable, Launcher};
 
+#[allow(unused_imports)] // not every test file uses it
 pub use chanrelay_testkit::pattern;
 
 const RELAY: Launcher = Launcher::new();
