@@ -534,9 +534,10 @@ fn first_chunk_before_close(addr: SocketAddr, ch: &ChannelInfo) {
     let mut c = HttpConn::connect(addr);
     c.get(&ch.path("read"), false, &[]);
     let mut w = ws_connect(addr, &ch.path("write"));
+    // The relay answers the download when the first data arrives.
+    w.send_binary(b"first chunk");
     let head = c.expect_head("download");
     assert_eq!(head.status, 200, "{}", head.raw);
-    w.send_binary(b"first chunk");
     let first = c
         .read_chunk()
         .expect("first chunk")
