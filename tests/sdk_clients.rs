@@ -40,3 +40,18 @@ fn real_iii_sdk_clients_against_relay() {
         out.status
     );
 }
+
+/// The minting snippets `docs/deployment.md` shows are the files the SDK suites run
+/// (`deploy/mint/`), word for word.
+#[test]
+fn deployment_doc_shows_the_tested_minting_snippets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/deployment.md")).unwrap();
+    for file in ["deploy/mint/mint_ref.py", "deploy/mint/mint_ref.mjs"] {
+        let code = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            doc.contains(code.trim_end()),
+            "docs/deployment.md does not show {file} as it is"
+        );
+    }
+}
