@@ -34,6 +34,10 @@ pub struct MintRefArgs {
     /// Channel id ([A-Za-z0-9_-], at most 128 bytes); a new UUID when omitted
     #[arg(long)]
     pub channel_id: Option<String>,
+    /// The relay's `node_id`: the channel id becomes `<node-id>~<id>`, opened only by that
+    /// relay
+    #[arg(long)]
+    pub node_id: Option<String>,
     /// Seconds the ref stays valid
     #[arg(long, default_value_t = 300)]
     pub ttl: u64,
@@ -46,18 +50,29 @@ impl MintRefArgs {
             .channel_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let valid =
-            crate::wire::route::channel_id_from_path(&format!("/ws/channels/{id}"), "").is_ok();
+        let node = self.node_id.as_deref();
+        if let Some(node) = node.filter(|n| !crate::config::valid_node_id(n)) {
+            return Err(format!(
+                "invalid --node-id {node:?}: use 1 to {} of [a-z0-9-]",
+                crate::config::MAX_NODE_ID_LEN
+            ));
+        }
+        let full = crate::wire::route::node_channel_id(node, &id);
+        // With a node id, the id given is the part after `<node>~` (one `~` per id).
+        let valid = crate::wire::route::valid_channel_id(&full)
+            && (node.is_none() || !id.contains(crate::wire::route::NODE_SEPARATOR));
         if !valid {
             return Err(format!(
-                "invalid channel id {id:?}: use [A-Za-z0-9_-], at most 128 bytes"
+                "invalid channel id {full:?}: use [A-Za-z0-9_-] (and one `~` after a node \
+                 name), at most 128 bytes"
             ));
         }
         if self.ttl == 0 {
             return Err("--ttl must be at least 1".into());
         }
-        let refs = crate::mint_ref(
+        let refs = crate::keys::mint_ref_for_node(
             self.secret.as_bytes(),
+            node,
             &id,
             std::time::Duration::from_secs(self.ttl),
         );
@@ -79,6 +94,10 @@ pub struct ServeArgs {
     /// TOML config file; flags override it
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// This relay's name behind a load balancer ([a-z0-9-], at most 32 bytes): the
+    /// `node_id` setting
+    #[arg(long)]
+    pub node_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -99,6 +118,9 @@ impl ServeArgs {
                 return Err("--shards must be at least 1".into());
             }
             cfg.shards = n;
+        }
+        if let Some(n) = &self.node_id {
+            cfg.node_id = Some(n.clone());
         }
         cfg.validate()?;
         Ok(cfg)

@@ -73,6 +73,17 @@ pub const DEFAULT_MAX_USED_SIGNED_REFS: usize = 100_000;
 pub const MAX_SHARDS: usize = 1024;
 /// Smallest `read_buffer_bytes`.
 pub const MIN_READ_BUFFER_BYTES: usize = 4 << 10;
+/// Longest `node_id` (it prefixes every channel id the relay creates, which is at most 128
+/// bytes).
+pub const MAX_NODE_ID_LEN: usize = 32;
+
+/// Whether `name` can be a relay's `node_id`: `[a-z0-9-]{1,32}`.
+pub fn valid_node_id(name: &str) -> bool {
+    (1..=MAX_NODE_ID_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,8 +127,12 @@ pub struct Config {
     pub max_used_signed_refs: usize,
     /// Most time a drain (SIGTERM) waits for active channels before closing them with 1001.
     pub drain_timeout_s: u64,
-    /// When set, the control API requires `Authorization: Bearer <token>`.
+    /// When set, the control API requires `Authorization: Bearer <token>` (except on
+    /// `/healthz` and `/readyz`).
     pub control_token: Option<String>,
+    /// This relay's name among relays behind one load balancer: channel ids it creates are
+    /// `<node_id>~<rest>`, and an id naming another node is answered 421.
+    pub node_id: Option<String>,
 }
 
 impl Default for Config {
@@ -148,6 +163,7 @@ impl Default for Config {
             max_used_signed_refs: DEFAULT_MAX_USED_SIGNED_REFS,
             drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             control_token: None,
+            node_id: None,
         }
     }
 }
@@ -277,6 +293,11 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(node) = self.node_id.as_deref().filter(|n| !valid_node_id(n)) {
+            return Err(format!(
+                "node_id must be 1 to {MAX_NODE_ID_LEN} of [a-z0-9-], got {node:?}"
+            ));
+        }
         if !self.path_prefix.is_empty()
             && (!self.path_prefix.starts_with('/') || self.path_prefix.ends_with('/'))
         {
@@ -324,6 +345,25 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn node_ids_are_lower_case_names_of_at_most_32_bytes() {
+        for ok in ["r1", "a", "relay-eu-3", &"x".repeat(MAX_NODE_ID_LEN)] {
+            let c: Config = toml::from_str(&format!("node_id = \"{ok}\"")).unwrap();
+            c.validate().expect(ok);
+            assert_eq!(c.node_id.as_deref(), Some(ok));
+        }
+        let long = "x".repeat(MAX_NODE_ID_LEN + 1);
+        for bad in ["", "R1", "r1~x", "r_1", "r 1", "r.1", "ré", &long] {
+            let c = Config {
+                node_id: Some(bad.to_string()),
+                ..Config::default()
+            };
+            let err = c.validate().expect_err(bad);
+            assert!(err.contains("node_id"), "{bad:?}: {err}");
+        }
+        assert_eq!(Config::default().node_id, None);
     }
 
     /// Every key with a range is checked against it, and the error names the key.

@@ -2,6 +2,8 @@
 //! channel ended. Each maps to its HTTP status or WebSocket close codes here and nowhere
 //! else, so what a peer sees is decided in one place.
 
+use std::borrow::Cow;
+
 use crate::wire::frame::FrameError;
 
 /// A request refused before any upgrade (the answer is an HTTP status, never 101-then-close).
@@ -28,22 +30,29 @@ pub enum Refusal {
     /// A new signed channel while `max_used_signed_refs` signed refs are held: used refs
     /// are remembered until they expire, never forgotten early (that would allow a replay).
     TooManySignedRefs,
+    /// A channel id naming another node (`<owner>~…`) on a relay with a `node_id`: the load
+    /// balancer sent it to the wrong relay.
+    Misdirected {
+        channel_id: String,
+        owner: String,
+        node: String,
+    },
 }
 
 impl Refusal {
     /// HTTP status, machine-readable code and message.
-    pub fn status(&self) -> (u16, &'static str, &'static str) {
-        match self {
+    pub fn status(&self) -> (u16, &'static str, Cow<'static, str>) {
+        let (status, code, msg) = match self {
             Refusal::NotFound => (404, "not_found", "no such channel or wrong key"),
             Refusal::NoRoute => (404, "not_found", "no such route"),
-            Refusal::BadRequest(m) => (400, "bad_request", m),
+            Refusal::BadRequest(m) => (400, "bad_request", *m),
             Refusal::MethodNotAllowed => (405, "method_not_allowed", "method not allowed"),
             Refusal::Conflict => (
                 409,
                 "conflict",
                 "that end of the channel is already connected",
             ),
-            Refusal::Unavailable(m) => (503, "unavailable", m),
+            Refusal::Unavailable(m) => (503, "unavailable", *m),
             Refusal::HeadTooLarge => (431, "head_too_large", "request head too large"),
             Refusal::Timeout => (408, "timeout", "request head not received in time"),
             Refusal::LengthRequired => {
@@ -58,13 +67,23 @@ impl Refusal {
                 "too_many_signed_refs",
                 "too many signed refs held until their expiry (max_used_signed_refs)",
             ),
-        }
+            Refusal::Misdirected {
+                channel_id,
+                owner,
+                node,
+            } => {
+                let msg =
+                    format!("channel {channel_id} belongs to node {owner}; this is node {node}");
+                return (421, "misdirected", Cow::Owned(msg));
+            }
+        };
+        (status, code, Cow::Borrowed(msg))
     }
 
     /// The full HTTP response.
     pub fn response(&self) -> Vec<u8> {
         let (status, code, msg) = self.status();
-        crate::wire::response::error_response(status, code, msg)
+        crate::wire::response::error_response(status, code, &msg)
     }
 }
 
@@ -276,5 +295,18 @@ mod tests {
             assert_eq!(StreamEnd::ALL_LABELS[e.label_index()], e.label());
         }
         assert_eq!(Refusal::Conflict.status().0, 409);
+        let m = Refusal::Misdirected {
+            channel_id: "r2~x".into(),
+            owner: "r2".into(),
+            node: "r1".into(),
+        };
+        assert_eq!(
+            m.status(),
+            (
+                421,
+                "misdirected",
+                "channel r2~x belongs to node r2; this is node r1".into()
+            )
+        );
     }
 }

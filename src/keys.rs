@@ -17,7 +17,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::wire::route::Direction;
+use crate::wire::route::{node_channel_id, Direction};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -126,6 +126,27 @@ pub struct MintedRefs {
 /// assert_ne!(refs.writer["access_key"], refs.reader["access_key"]);
 /// ```
 pub fn mint_ref(secret: &[u8], channel_id: &str, ttl: Duration) -> MintedRefs {
+    mint_ref_for_node(secret, None, channel_id, ttl)
+}
+
+/// Mints the refs for a channel of relay `node_id` (its `node_id`): the channel id is
+/// `<node_id>~<channel_id>`, signed in full, so only that relay opens it (another relay
+/// with a node id answers 421). With `None`, the same as [`mint_ref`]. The caller gives a
+/// valid node id ([`crate::config::valid_node_id`]) and an id without `~`.
+///
+/// ```
+/// use std::time::Duration;
+/// let refs = chanrelay::mint_ref_for_node(b"secret", Some("r2"), "job-42", Duration::from_secs(60));
+/// assert_eq!(refs.channel_id, "r2~job-42");
+/// assert_eq!(refs.reader["channel_id"], "r2~job-42");
+/// ```
+pub fn mint_ref_for_node(
+    secret: &[u8],
+    node_id: Option<&str>,
+    channel_id: &str,
+    ttl: Duration,
+) -> MintedRefs {
+    let channel_id = &node_channel_id(node_id, channel_id);
     let expires_at = unix_now() + ttl.as_secs();
     let end = |dir| {
         let key = signed_key(secret, channel_id, dir, expires_at);
@@ -216,6 +237,20 @@ mod tests {
         assert_eq!(verify_key(b"s3cret", "chan-1", R, r), Some(refs.expires_at));
         assert!(verify_key(b"s3cret", "chan-1", R, w).is_none());
         assert!(verify_key(b"s3cret", "chan-1", W, r).is_none());
+    }
+
+    #[test]
+    fn refs_for_a_node_sign_the_prefixed_id() {
+        let refs = mint_ref_for_node(b"s3cret", Some("r2"), "job-1", Duration::from_secs(60));
+        assert_eq!(refs.channel_id, "r2~job-1");
+        for (end, dir) in [(&refs.writer, W), (&refs.reader, R)] {
+            assert_eq!(end["channel_id"], "r2~job-1");
+            let key = end["access_key"].as_str().unwrap();
+            assert!(verify_key(b"s3cret", "r2~job-1", dir, key).is_some());
+            assert!(verify_key(b"s3cret", "job-1", dir, key).is_none());
+        }
+        let plain = mint_ref_for_node(b"s3cret", None, "job-1", Duration::from_secs(60));
+        assert_eq!(plain.channel_id, "job-1");
     }
 
     /// The signed string, spelled out as docs/protocol.md gives it to other minters.

@@ -29,4 +29,4 @@ pub mod serve;
 pub mod subscribers;
 pub mod wire;
 
-pub use keys::{mint_ref, MintedRefs};
+pub use keys::{mint_ref, mint_ref_for_node, MintedRefs};

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub refused_409: AtomicU64,
     pub refused_411: AtomicU64,
     pub refused_413: AtomicU64,
+    /// Misdirected: a channel id naming another node.
+    pub refused_421: AtomicU64,
     pub refused_431: AtomicU64,
     pub refused_5xx: AtomicU64,
     /// Channel ends by reason, indexed like `StreamEnd::ALL_LABELS`.
@@ -44,6 +46,7 @@ pub static METRICS: Metrics = Metrics {
     refused_409: AtomicU64::new(0),
     refused_411: AtomicU64::new(0),
     refused_413: AtomicU64::new(0),
+    refused_421: AtomicU64::new(0),
     refused_431: AtomicU64::new(0),
     refused_5xx: AtomicU64::new(0),
     ends: [const { AtomicU64::new(0) }; StreamEnd::ALL_LABELS.len()],
@@ -59,6 +62,7 @@ impl Metrics {
             409 => &self.refused_409,
             411 => &self.refused_411,
             413 => &self.refused_413,
+            421 => &self.refused_421,
             431 => &self.refused_431,
             _ => &self.refused_5xx,
         };
@@ -126,6 +130,7 @@ impl Metrics {
             ("409", &self.refused_409),
             ("411", &self.refused_411),
             ("413", &self.refused_413),
+            ("421", &self.refused_421),
             ("431", &self.refused_431),
             ("5xx", &self.refused_5xx),
         ] {

@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(t
                 .channel_id
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~'));
+            assert!(t.channel_id.matches('~').count() <= 1);
             assert!(!t.key.is_empty());
         }
     }

@@ -11,5 +11,5 @@ pub mod shard;
 pub mod state;
 
 pub use channel::{Channel, ClaimedEnd};
-pub use shard::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
+pub use shard::{check_node, new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
 pub use state::{Kind, Slot};

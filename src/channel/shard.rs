@@ -22,7 +22,7 @@ use crate::keys::EndKeys;
 use crate::metrics::METRICS;
 use crate::ring::{self, BufPool};
 use crate::subscribers::Subscribers;
-use crate::wire::route::Direction;
+use crate::wire::route::{node_channel_id, node_of, Direction};
 
 /// State shared by every thread of the process.
 pub struct Shared {
@@ -101,13 +101,27 @@ pub fn owner_of(channel_id: &str, shards: usize) -> usize {
 }
 
 /// A new random channel id that shard `target` of `shards` owns (a random id lands on a
-/// given shard with probability 1/shards).
-pub fn new_owned_id(target: usize, shards: usize) -> String {
+/// given shard with probability 1/shards): `<node>~<uuid>` when the relay has a node id.
+/// The owner is hashed over the whole id, prefix included.
+pub fn new_owned_id(node: Option<&str>, target: usize, shards: usize) -> String {
     loop {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = node_channel_id(node, &uuid::Uuid::new_v4().to_string());
         if owner_of(&id, shards) == target {
             return id;
         }
+    }
+}
+
+/// `Err(Misdirected)` when `channel_id` names a node other than `node` (this relay's
+/// `node_id`); ids naming no node, and every id on a relay without a node id, pass.
+pub fn check_node(node: Option<&str>, channel_id: &str) -> Result<(), Refusal> {
+    match (node, node_of(channel_id)) {
+        (Some(node), Some(owner)) if owner != node => Err(Refusal::Misdirected {
+            channel_id: channel_id.to_string(),
+            owner: owner.to_string(),
+            node: node.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -169,6 +183,16 @@ pub struct Shard {
 impl Shard {
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// This relay's `node_id`, if it has one.
+    pub fn node_id(&self) -> Option<&str> {
+        self.shared.config.node_id.as_deref()
+    }
+
+    /// Refuses (421) a channel id that names another node.
+    pub fn check_node(&self, channel_id: &str) -> Result<(), Refusal> {
+        check_node(self.node_id(), channel_id)
     }
 
     pub fn new(index: usize, shared: Arc<Shared>) -> Shard {
@@ -239,7 +263,7 @@ impl Shard {
     /// where they were accepted. The relay itself is one of its ends (HTTP ingress), so it
     /// never counts as unconnected.
     pub fn create_local(self: &Rc<Self>, buffer_bytes: usize, ttl: Duration) -> Rc<Channel> {
-        let id = new_owned_id(self.index, self.shard_count());
+        let id = new_owned_id(self.node_id(), self.index, self.shard_count());
         let ch = Channel::new(id, EndKeys::random(), buffer_bytes);
         ch.ever_connected.set(true);
         self.register(ch, ttl)

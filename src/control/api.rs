@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::channel::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
 use crate::config::{MAX_BUFFER_BYTES, MAX_TTL_S, MIN_BUFFER_BYTES};
+use crate::error::Refusal;
 use crate::keys::{channel_ref, EndKeys};
 use crate::metrics::METRICS;
 use crate::wire::head::Method;
@@ -66,6 +67,13 @@ pub fn authorized(shared: &Shared, authorization: Option<&str>) -> bool {
     }
 }
 
+/// A refusal from `error.rs` as a control response, counted like the data plane's.
+fn refused(refusal: Refusal) -> Response {
+    let (status, code, msg) = refusal.status();
+    METRICS.count_refusal(status);
+    Response::error(status, code, msg)
+}
+
 pub fn unauthorized() -> Response {
     Response::error(401, "unauthorized", "missing or wrong bearer token")
 }
@@ -89,19 +97,28 @@ pub async fn handle(
     body: &[u8],
 ) -> Response {
     let shared = &shard.shared;
-    if !authorized(shared, authorization) {
-        return unauthorized();
-    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Health checks carry no token (a load balancer cannot send one) and reveal nothing.
     match (method, segments.as_slice()) {
-        (Method::Get, ["healthz"]) => Response::json(200, json!({"status": "ok"})),
+        (Method::Get, ["healthz"]) => return Response::json(200, json!({"status": "ok"})),
         (Method::Get, ["readyz"]) => {
-            if shared.draining.load(Relaxed) {
+            return if shared.draining.load(Relaxed) {
                 Response::json(503, json!({"ready": false, "reason": "draining"}))
             } else {
                 Response::json(200, json!({"ready": true}))
             }
         }
+        _ => {}
+    }
+    if !authorized(shared, authorization) {
+        return unauthorized();
+    }
+    if let (Method::Get | Method::Delete, ["v1", "channels", id]) = (method, segments.as_slice()) {
+        if let Err(refusal) = shard.check_node(id) {
+            return refused(refusal);
+        }
+    }
+    match (method, segments.as_slice()) {
         (Method::Get, ["metrics"]) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4",
@@ -205,7 +222,7 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
         Err(r) => return r,
     };
     let target = placement(shard);
-    let id = new_owned_id(target, shard.shard_count());
+    let id = new_owned_id(shard.node_id(), target, shard.shard_count());
     let keys = EndKeys::random();
     let (buffer_bytes, ttl) = (buffer_bytes as usize, Duration::from_secs(ttl_s));
     if target == shard.index {

@@ -133,6 +133,10 @@ fn ingress_route(shard: &Shard, head: &RequestHead) -> Option<(IngressRoute, Pat
 /// Decides what a request is for, before any channel lookup.
 fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Refusal> {
     let prefix = &shard.config().path_prefix;
+    // Another node's channel: nothing else about the request is this relay's to judge.
+    if let Ok(id) = channel_id_from_path(&head.path, prefix) {
+        shard.check_node(id)?;
+    }
     let target = match parse_target(&head.path, &head.query, prefix) {
         Ok(t) => t,
         Err(RouteError::NotFound) if head.path.starts_with(&format!("{prefix}/ws/channels/")) => {

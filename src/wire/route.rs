@@ -41,15 +41,43 @@ pub fn channel_id_from_path<'a>(path: &'a str, prefix: &str) -> Result<&'a str, 
     let id = rest
         .strip_prefix("/ws/channels/")
         .ok_or(RouteError::NotFound)?;
-    let valid = !id.is_empty()
-        && id.len() <= MAX_CHANNEL_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-    if valid {
+    if valid_channel_id(id) {
         Ok(id)
     } else {
         Err(RouteError::NotFound)
+    }
+}
+
+/// Separates a node's name from the rest of a channel id (`<node>~<rest>`): `~` is
+/// unreserved in URLs, so such an id needs no escaping in a path.
+pub const NODE_SEPARATOR: char = '~';
+
+/// Whether `id` is a channel id: `[A-Za-z0-9_-]` and at most one `~` (neither first nor
+/// last), at most `MAX_CHANNEL_ID_LEN` bytes.
+pub fn valid_channel_id(id: &str) -> bool {
+    let mut tildes = 0;
+    let chars_ok = id.bytes().all(|b| {
+        tildes += usize::from(b == b'~');
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
+    });
+    !id.is_empty()
+        && id.len() <= MAX_CHANNEL_ID_LEN
+        && chars_ok
+        && tildes <= 1
+        && !id.starts_with(NODE_SEPARATOR)
+        && !id.ends_with(NODE_SEPARATOR)
+}
+
+/// The node a channel id names (`<node>~<rest>`), if it names one.
+pub fn node_of(channel_id: &str) -> Option<&str> {
+    channel_id.split_once(NODE_SEPARATOR).map(|(node, _)| node)
+}
+
+/// `<node>~<rest>` when there is a node, else `rest` as it is.
+pub fn node_channel_id(node: Option<&str>, rest: &str) -> String {
+    match node {
+        Some(node) => format!("{node}{NODE_SEPARATOR}{rest}"),
+        None => rest.to_string(),
     }
 }
 
@@ -199,6 +227,29 @@ mod tests {
             assert_eq!(percent_decode(bad), None, "{bad:?}");
         }
         assert_eq!(percent_decode("%2b%2B+%41").as_deref(), Some("++ A"));
+    }
+
+    #[test]
+    fn channel_ids_may_name_one_node() {
+        for ok in [
+            "r1~abc",
+            "a~b",
+            "abc",
+            "A-z_9",
+            &"x".repeat(MAX_CHANNEL_ID_LEN),
+        ] {
+            assert!(valid_channel_id(ok), "{ok}");
+        }
+        let long = format!("r1~{}", "x".repeat(MAX_CHANNEL_ID_LEN - 2));
+        for bad in ["", "~abc", "abc~", "a~b~c", "a~~b", "a.b", "a%7Eb", &long] {
+            assert!(!valid_channel_id(bad), "{bad}");
+        }
+        assert_eq!(node_of("r1~abc"), Some("r1"));
+        assert_eq!(node_of("abc"), None);
+        assert_eq!(node_channel_id(Some("r1"), "abc"), "r1~abc");
+        assert_eq!(node_channel_id(None, "abc"), "abc");
+        let t = parse_target("/ws/channels/r1~x-1", "key=k&dir=read", "").unwrap();
+        assert_eq!(t.channel_id, "r1~x-1");
     }
 
     #[test]

@@ -178,6 +178,18 @@ impl Launcher {
     /// its environment; returns once it has announced both listening addresses. Its stderr
     /// goes to a log file ([`Relay::log_tail`]), printed when a test panics.
     pub fn spawn_full(&self, config: Option<&str>, shards: usize, env: &[(&str, &str)]) -> Relay {
+        self.spawn_with_args(config, shards, env, &[])
+    }
+
+    /// Same as [`Launcher::spawn_full`], with `args` after the others on the `serve`
+    /// command line (flags that override the config file).
+    pub fn spawn_with_args(
+        &self,
+        config: Option<&str>,
+        shards: usize,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Relay {
         let dir = temp_dir("test");
         let mut cmd = serve_command(&self.bin());
         cmd.args(["--shards", &shards.to_string()]);
@@ -186,6 +198,7 @@ impl Launcher {
             std::fs::write(&path, toml).expect("write config");
             cmd.arg("--config").arg(&path);
         }
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
