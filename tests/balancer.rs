@@ -1001,7 +1001,7 @@ fn nginx_streams_channels_to_their_node() {
     {
         let ch = create_via(layout.control);
         nodes.insert(node_of(&ch.id).to_string());
-        transfer(layout.data, &ch, ends, &pattern(300_000 + i, i as u32));
+        // Routed to its node (another node would answer 421; a finished channel is gone).
         let st = http_request(
             layout.control,
             "GET",
@@ -1010,6 +1010,7 @@ fn nginx_streams_channels_to_their_node() {
             None,
         );
         assert_eq!(st.status, 200, "GET via nginx: {}", st.text());
+        transfer(layout.data, &ch, ends, &pattern(300_000 + i, i as u32));
     }
     assert!(
         nodes.len() >= 2,
