@@ -763,8 +763,12 @@ fn haproxy_balances_creates_and_skips_a_draining_relay() {
     let mut w = relays[1].connect(&ch, "write");
     w.send_binary(b"in flight while draining");
     relays[1].signal("TERM");
-    let r = http_request(relays[1].control, "GET", "/readyz", &[], None);
-    assert_eq!(r.status, 503, "draining relay's /readyz");
+    // The signal is handled asynchronously: /readyz turns 503 promptly, not at once.
+    let ready = wait_for(Duration::from_secs(3), || {
+        let r = http_request(relays[1].control, "GET", "/readyz", &[], None);
+        (r.status == 503).then_some(())
+    });
+    assert!(ready.is_some(), "draining relay's /readyz never turned 503");
     // Creates keep succeeding while HAProxy notices (a 503 create is retried elsewhere)…
     let deadline = Instant::now() + Duration::from_secs(4);
     while Instant::now() < deadline {
