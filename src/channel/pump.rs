@@ -100,7 +100,7 @@ async fn writer_loop(
         // Idle or trickling writers park a small read; streaming ones get their share of
         // the shard's read budget (never more than the channel may hold).
         let limit = ch.limit.min(shard.pool.stream_hold_share());
-        let size = if small {
+        let want = if small {
             SMALL_READ_BYTES
         } else {
             // The chunk's records count too: a read never takes the channel past `limit`.
@@ -109,13 +109,18 @@ async fn writer_loop(
                 .stream_read_size()
                 .min(limit - READ_RECORDS_BYTES)
         };
-        let size = size.max(carry.len() + SMALL_READ_BYTES);
-        // Backpressure: hold at most `limit` bytes; until there is room the writer's
-        // socket is not read and TCP flow control throttles it.
-        if !pending_input && !ch.core.borrow().writer_may_read(size, limit) {
+        // Backpressure: hold at most `limit` bytes; until a read of a useful size fits, the
+        // writer's socket is not read and TCP flow control throttles it. Reads are sized to
+        // what may be taken (a full read's room is not waited for: with no reader to make
+        // room, a writer whose Close is still unread would wait for good).
+        let room = ch.core.borrow().writer_room(limit);
+        let useful = want.min(limit / 4).max(SMALL_READ_BYTES);
+        if !pending_input && room.is_some_and(|r| r < useful) {
             ch.writer_wake.notified().await;
             continue;
         }
+        let size = room.map_or(want, |r| want.min(r));
+        let size = size.max(carry.len() + SMALL_READ_BYTES);
         let mut buf = shard.pool.get(size);
         buf.extend_from_slice(&carry);
         if !pending_input {

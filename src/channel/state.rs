@@ -560,12 +560,15 @@ impl Core {
 
     // ---- the writer's side ----
 
-    /// Whether the writer's loop may read `size` more bytes with `limit` the most the
-    /// channel may hold now (backpressure: otherwise it waits for room). The read's
-    /// records are reserved too (`READ_RECORDS_BYTES`); only a read of many tiny frames
-    /// can take more.
-    pub fn writer_may_read(&self, size: usize, limit: usize) -> bool {
-        self.held == 0 || self.held + size + READ_RECORDS_BYTES <= limit || self.end.is_some()
+    /// Bytes the writer's loop may read now with `limit` the most the channel may hold:
+    /// `None` when anything may be read (nothing held, or the stream has ended), else the
+    /// room left under `limit` after reserving the read's records (`READ_RECORDS_BYTES`;
+    /// only a read of many tiny frames takes more).
+    pub fn writer_room(&self, limit: usize) -> Option<usize> {
+        if self.held == 0 || self.end.is_some() {
+            return None;
+        }
+        Some(limit.saturating_sub(self.held + READ_RECORDS_BYTES))
     }
 
     /// The writer sent pings: the Pong frames may be written now unless the stream has
