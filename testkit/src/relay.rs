@@ -190,8 +190,36 @@ impl Launcher {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Relay {
+        self.launch(serve_command(&self.bin()), config, shards, env, args)
+    }
+
+    /// A relay (two shards, `config` as its `--config` file) listening on `data` and
+    /// `control` instead of fresh ports: e.g. a relay started again on the addresses of one
+    /// that exited, where a load balancer's backends still point. Panics, with the relay's
+    /// log, if it cannot listen there.
+    pub fn spawn_at(&self, config: Option<&str>, data: SocketAddr, control: SocketAddr) -> Relay {
+        let mut cmd = Command::new(self.bin());
+        cmd.arg("serve")
+            .args(["--listen", &data.to_string()])
+            .args(["--control", &control.to_string()]);
+        let relay = self.launch(cmd, config, 2, &[], &[]);
+        assert_eq!(
+            (relay.data, relay.control),
+            (data, control),
+            "relay listens elsewhere"
+        );
+        relay
+    }
+
+    fn launch(
+        &self,
+        mut cmd: Command,
+        config: Option<&str>,
+        shards: usize,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Relay {
         let dir = temp_dir("test");
-        let mut cmd = serve_command(&self.bin());
         cmd.args(["--shards", &shards.to_string()]);
         if let Some(toml) = config {
             let path = dir.join("config.toml");
