@@ -87,7 +87,7 @@ fn haproxy_sends_engine_paths_to_the_engine() {
         assert_engine_gets(layout.data, path);
     }
     // Over TLS too (curl checks the certificate against the one the test made).
-    let cacert = lb.dir.join("cert.pem");
+    let cacert = lb.dir.join("ca.pem");
     let out = curl_cmd(20)
         .arg("--cacert")
         .arg(&cacert)
@@ -307,7 +307,7 @@ fn haproxy_fleet_routes_channels_to_their_node() {
 
     // TLS: creates through the control frontend's TLS listener, ends through the data
     // frontend's, with curl checking the certificate.
-    let cacert = lb.dir.join("cert.pem");
+    let cacert = lb.dir.join("ca.pem");
     for i in 0..6 {
         let out = curl_cmd(20)
             .arg("--cacert")

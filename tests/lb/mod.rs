@@ -84,39 +84,116 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// A self-signed certificate for `localhost` / `127.0.0.1` in `dir`: `cert.pem`, `key.pem`,
-/// and both in one file, `combined.pem` (what HAProxy's `crt` takes).
+/// A private CA and a certificate it signed for `localhost` / `127.0.0.1`, in `dir`:
+/// `ca.pem` (what clients trust: curl's `--cacert`, `SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`,
+/// `chanrelay_client::Tls::with_ca_pem`), the server's `cert.pem` and `key.pem`, and both of
+/// those in one file, `combined.pem` (what HAProxy's `crt` takes).
+///
+/// A CA and a leaf rather than one self-signed certificate: rustls (the Rust client) refuses
+/// a certificate marked as a CA as the server's own (`CaUsedAsEndEntity`), and that is what
+/// `openssl req -x509` makes.
 pub struct Tls {
+    pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub combined: PathBuf,
 }
 
-pub fn make_tls(openssl: &Path, dir: &Path) -> Tls {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+fn openssl_ok(openssl: &Path, what: &str, args: &[&std::ffi::OsStr]) {
     let out = Command::new(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
+        .args(args)
         .output()
-        .expect("run openssl req");
+        .unwrap_or_else(|e| panic!("run openssl {what}: {e}"));
     assert!(
         out.status.success(),
-        "openssl req -x509 failed: {}",
+        "openssl {what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn make_tls(openssl: &Path, dir: &Path) -> Tls {
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca-key.pem");
+    let csr = dir.join("cert.csr");
+    let ext = dir.join("cert.ext");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    openssl_ok(
+        openssl,
+        "req -x509 (CA)",
+        &[
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-days"),
+            os("2"),
+            os("-subj"),
+            os("/CN=chanrelay test CA"),
+            os("-addext"),
+            os("basicConstraints=critical,CA:TRUE"),
+            os("-addext"),
+            os("keyUsage=critical,keyCertSign,cRLSign"),
+            os("-keyout"),
+            ca_key.as_os_str(),
+            os("-out"),
+            ca.as_os_str(),
+        ],
+    );
+    openssl_ok(
+        openssl,
+        "req -new (server)",
+        &[
+            os("req"),
+            os("-new"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-subj"),
+            os("/CN=localhost"),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ],
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl_ok(
+        openssl,
+        "x509 -req (sign)",
+        &[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("2"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            cert.as_os_str(),
+        ],
     );
     let combined = dir.join("combined.pem");
     let mut pem = std::fs::read(&cert).unwrap();
     pem.extend(std::fs::read(&key).unwrap());
     std::fs::write(&combined, pem).unwrap();
     Tls {
+        ca,
         cert,
         key,
         combined,
@@ -344,17 +421,29 @@ pub fn start_nginx(nginx: &Path, openssl: &Path, layout: &Layout) -> Balancer {
 /// `engine <path-and-query>` and Close 1000; any other request gets `200` with the body
 /// `engine <METHOD> <path-and-query>`. Its thread lives as long as the test process.
 pub fn start_engine() -> SocketAddr {
+    spawn_engine(false)
+}
+
+/// The same engine, except that it holds no channels of its own, like a real engine with
+/// none open: a channel path (`/ws/channels/…`, `/v1/channels/…`) gets `404`, before any
+/// upgrade, as the real engine answers an unknown channel. What an SDK suite expects when it
+/// opens an id no relay made (no node prefix, so the balancer hands it to the engine).
+pub fn start_engine_knowing_no_channels() -> SocketAddr {
+    spawn_engine(true)
+}
+
+fn spawn_engine(no_channels: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            std::thread::spawn(move || engine_answer(s));
+            std::thread::spawn(move || engine_answer(s, no_channels));
         }
     });
     addr
 }
 
-pub fn engine_answer(mut s: TcpStream) {
+pub fn engine_answer(mut s: TcpStream, no_channels: bool) {
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut rest = Vec::new();
     let Ok(raw) = read_head_into(&mut s, &mut rest) else {
@@ -373,7 +462,20 @@ pub fn engine_answer(mut s: TcpStream) {
     };
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let mut out = Vec::new();
-    if let (true, Some(key)) = (upgrade, header("sec-websocket-key")) {
+    let channel_path = ["/ws/channels/", "/v1/channels/"]
+        .iter()
+        .any(|p| target.starts_with(p));
+    if no_channels && channel_path {
+        let body = "no such channel";
+        out.extend(
+            format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+    } else if let (true, Some(key)) = (upgrade, header("sec-websocket-key")) {
         out.extend(
             format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -11,6 +11,10 @@
 #   CHANRELAY_SDK_SKIP   comma list of case names to skip
 #   CHANRELAY_WS / CHANRELAY_CONTROL  if both set, test that running relay instead of starting one
 #                        (with CHANRELAY_SIGNING_SECRET = its signing_secret for the minted-refs cases)
+#                        wss:// and https:// work: trust a private CA with SSL_CERT_FILE (Python)
+#                        and NODE_EXTRA_CA_CERTS (Node)
+#   CHANRELAY_SDK_NODE_ID  node id the minted-refs cases mint for (a fleet behind a balancer:
+#                        refs `<node>~…` reach that relay, which must have the signing_secret)
 #
 # Deps are installed once, project-locally: tests/sdk/node_modules (npm ci, from
 # package-lock.json) and tests/sdk/.venv (pip, pinned in requirements.txt). Both are gitignored.
@@ -69,6 +73,8 @@ if [[ -n "${CHANRELAY_WS:-}" && -n "${CHANRELAY_CONTROL:-}" ]]; then
   WS="$CHANRELAY_WS"; CONTROL="$CHANRELAY_CONTROL"
   log "using running relay $WS / $CONTROL"
 else
+  # The relay started here has no node id: refs are minted without one.
+  unset CHANRELAY_SDK_NODE_ID
   BIN="${CHANRELAY_BIN:-target/debug/chanrelay}"
   [[ -x "$BIN" ]] || { log "relay binary $BIN not found (cargo build first, or set CHANRELAY_BIN)"; exit 1; }
   # A signing secret, so refs minted by deploy/mint/ (no control API call) open channels.

@@ -21,6 +21,8 @@
 //   minted-refs           refs minted by deploy/mint/mint_ref.mjs (no control API call; needs
 //                         CHANRELAY_SIGNING_SECRET = the relay's signing_secret): the documented
 //                         test vectors, then a stream between the SDK's writer and reader
+//                         (with CHANRELAY_SDK_NODE_ID, minted for that relay of a fleet: the
+//                         id `<node>~…` a balancer routes to it)
 //
 // Last line: `sdk-node: N passed, M failed`. Exit status 1 if anything failed.
 
@@ -329,7 +331,8 @@ async function caseMintedRefs(base, control) {
   check(v.reader.access_key === VECTOR.read, `read key ${v.reader.access_key} != test vector`)
   const secret = process.env.CHANRELAY_SIGNING_SECRET
   check(Boolean(secret), "CHANRELAY_SIGNING_SECRET not set (the relay's signing_secret)")
-  const ch = mintRef(secret, { ttlS: 120 })
+  // Behind a balancer the id must name the relay that shares the secret (`<node>~…`).
+  const ch = mintRef(secret, { ttlS: 120, nodeId: process.env.CHANRELAY_SDK_NODE_ID || undefined })
   const data = makePayload(17, 2 * MiB)
   const msgs = makeMessages('minted')
   const rp = nodeRead(base, ch.reader)

@@ -18,6 +18,8 @@ Cases (each bounded by CASE_TIMEOUT seconds):
   minted-refs           refs minted by deploy/mint/mint_ref.py (no control API call; needs
                         CHANRELAY_SIGNING_SECRET = the relay's signing_secret): the documented
                         test vectors, then a stream between the SDK's writer and reader
+                        (with CHANRELAY_SDK_NODE_ID, minted for that relay of a fleet: the
+                        id `<node>~…` a balancer routes to it)
   cross node->py        Node SDK writer (sdk_test.mjs helper) -> Python SDK reader
   cross py->node        Python SDK writer -> Node SDK reader
                         (cross cases need `node` and tests/sdk/node_modules; skipped otherwise
@@ -475,7 +477,8 @@ async def case_minted_refs(base: str, control: str) -> str:
         check(v[end]["access_key"] == VECTOR_KEYS[d], f"{d} key {v[end]['access_key']} != test vector")
     secret = os.environ.get("CHANRELAY_SIGNING_SECRET")
     check(bool(secret), "CHANRELAY_SIGNING_SECRET not set (the relay's signing_secret)")
-    ch = mint_ref(secret, ttl_s=120)
+    # Behind a balancer the id must name the relay that shares the secret (`<node>~…`).
+    ch = mint_ref(secret, ttl_s=120, node_id=os.environ.get("CHANRELAY_SDK_NODE_ID") or None)
     data, msgs = make_payload(7, 2 * MiB), make_messages("minted")
     rtask = asyncio.create_task(py_read(base, ch["reader"]))
     wres = await py_write(base, ch["writer"], data, msgs)
