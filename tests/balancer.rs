@@ -412,3 +412,63 @@ fn nginx_streams_channels_to_their_node() {
     let ch = create_via(layout.control);
     first_chunk_before_close(layout.data, &ch);
 }
+
+/// Refs a worker mints for each node (`chanrelay mint-ref --node-id rN`, no control-API
+/// call) meet through HAProxy on that node: the balancer routes them by the id's prefix, and
+/// the node creates the channel when the first end arrives.
+#[test]
+fn haproxy_routes_refs_minted_for_each_node() {
+    let Some([haproxy, openssl]) = tools(
+        "haproxy_routes_refs_minted_for_each_node",
+        ["haproxy", "openssl"],
+    ) else {
+        return;
+    };
+    const SECRET: &str = "balancer-test-signing-secret";
+    let engine = start_engine();
+    let relays: Vec<Relay> = NODES
+        .iter()
+        .map(|n| {
+            RELAY.with_config(&format!(
+                "node_id = \"{n}\"\nsigning_secret = \"{SECRET}\"\n"
+            ))
+        })
+        .collect();
+    let layout = Layout::of_relays(engine, &relays);
+    let _lb = start_haproxy(&haproxy, &openssl, &layout);
+    for (i, (node, relay)) in NODES.iter().zip(&relays).enumerate() {
+        let out = Command::new(RELAY.bin())
+            .args([
+                "mint-ref",
+                "--secret",
+                SECRET,
+                "--node-id",
+                node,
+                "--ttl",
+                "120",
+            ])
+            .output()
+            .expect("chanrelay mint-ref");
+        assert!(out.status.success(), "mint-ref: {out:?}");
+        let raw: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ref JSON");
+        let ch = ChannelInfo {
+            id: raw["channel_id"].as_str().unwrap().to_string(),
+            writer_key: raw["writer"]["access_key"].as_str().unwrap().to_string(),
+            reader_key: raw["reader"]["access_key"].as_str().unwrap().to_string(),
+            raw,
+        };
+        assert_eq!(node_of(&ch.id), *node, "{}", ch.id);
+        let before = relay.metric("chanrelay_channels_created_total");
+        let ends = if i % 2 == 0 {
+            Ends::WsWs
+        } else {
+            Ends::HttpHttp
+        };
+        transfer(layout.data, &ch, ends, &pattern(200_000 + i, i as u32));
+        assert_eq!(
+            relay.metric("chanrelay_channels_created_total") - before,
+            1.0,
+            "the minted channel was not created on {node}"
+        );
+    }
+}
