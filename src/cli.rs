@@ -24,6 +24,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a signed writer/reader ref pair (JSON) for a channel id of your choosing.
     MintRef(MintRefArgs),
+    /// Check a configuration (the file and flags `serve` would take) and print the
+    /// effective settings, without starting (like `nginx -t`). Exit status 2 on an error.
+    CheckConfig(ServeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +101,10 @@ pub struct ServeArgs {
     /// `node_id` setting
     #[arg(long)]
     pub node_id: Option<String>,
+    /// Log lines as `text` (colour only on a terminal) or `json` (one object per line):
+    /// the `log_format` setting
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
 }
 
 impl ServeArgs {
@@ -121,6 +128,9 @@ impl ServeArgs {
         }
         if let Some(n) = &self.node_id {
             cfg.node_id = Some(n.clone());
+        }
+        if let Some(f) = self.log_format {
+            cfg.log_format = f;
         }
         cfg.validate()?;
         Ok(cfg)

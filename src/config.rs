@@ -85,7 +85,7 @@ pub fn valid_node_id(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -133,6 +133,20 @@ pub struct Config {
     /// This relay's name among relays behind one load balancer: channel ids it creates are
     /// `<node_id>~<rest>`, and an id naming another node is answered 421.
     pub node_id: Option<String>,
+    /// How log lines are written to stderr: `text` (colour only on a terminal) or `json`
+    /// (one object per line, for a log collector).
+    pub log_format: LogFormat,
+}
+
+/// The format of the relay's log lines.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -164,11 +178,26 @@ impl Default for Config {
             drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             control_token: None,
             node_id: None,
+            log_format: LogFormat::Text,
         }
     }
 }
 
 impl Config {
+    /// The effective settings as TOML, with secrets shown only as set or not (what
+    /// `chanrelay check-config` prints).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        let redact = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("(set, not shown)".into());
+            }
+        };
+        redact(&mut shown.signing_secret);
+        redact(&mut shown.control_token);
+        toml::to_string(&shown).expect("a config serializes")
+    }
+
     /// Reads a TOML file; keys not given keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)

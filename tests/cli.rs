@@ -1,0 +1,121 @@
+//! The binary as an operator runs it: `check-config` (validate and show the effective
+//! settings without starting) and the log formats.
+
+use std::process::Command;
+
+use chanrelay_testkit::*;
+
+/// The relay these tests run: cargo's build of this package's binary, unless
+/// `CHANRELAY_BIN` names another.
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("chanrelay-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_prints_the_effective_settings_and_hides_secrets() {
+    let path = write_config(
+        "ok",
+        "buffer_bytes = 1048576\nnode_id = \"r1\"\nsigning_secret = \"a-secret-never-printed\"\n\
+         control_token = \"token-never-printed\"\n",
+    );
+    let out = Command::new(RELAY.bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .args(["--node-id", "r9"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("configuration ok"), "{stderr}");
+    assert!(stdout.contains("buffer_bytes = 1048576"), "{stdout}");
+    assert!(
+        stdout.contains("node_id = \"r9\""),
+        "the flag wins over the file: {stdout}"
+    );
+    assert!(
+        stdout.contains("ttl_s = 300"),
+        "defaults shown too: {stdout}"
+    );
+    assert!(
+        !stdout.contains("never-printed") && !stderr.contains("never-printed"),
+        "a secret was printed: {stdout}"
+    );
+    // Without secrets the output is itself a valid config.
+    let plain = write_config("plain", "idle_timeout_s = 60\n");
+    let out = Command::new(RELAY.bin())
+        .args(["check-config", "--config"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let again = write_config("again", &String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(RELAY.bin())
+        .args(["check-config", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("idle_timeout_s = 60"));
+}
+
+#[test]
+fn check_config_names_a_bad_key_and_fails() {
+    for (text, key) in [
+        ("buffer_bytes = 1\n", "buffer_bytes"),
+        ("node_id = \"Not Valid\"\n", "node_id"),
+        ("no_such_key = 1\n", "no_such_key"),
+        ("log_format = \"xml\"\n", "log_format"),
+    ] {
+        let path = write_config(key, text);
+        let out = Command::new(RELAY.bin())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(key), "{text}: {stderr}");
+    }
+}
+
+/// Logs to a pipe (a file, the journal) carry no colour escape codes.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let relay = RELAY.start();
+    relay.create();
+    let log = relay.log_all();
+    assert!(log.contains("chanrelay started"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+}
+
+/// `--log-format json`: one JSON object per line, for a log collector.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let relay = RELAY.spawn_with_args(None, 2, &[], &["--log-format", "json"]);
+    relay.create();
+    let log = relay.log_all();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("chanrelay started")),
+        "{log}"
+    );
+}
