@@ -119,3 +119,45 @@ fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+/// A second relay on an address another one serves is refused at start with a clear
+/// message (with `SO_REUSEPORT` it would otherwise share the port silently and split
+/// channels' ends between two processes).
+#[test]
+fn an_address_already_served_is_refused_at_start() {
+    let first = RELAY.start();
+    let mut second = Command::new(RELAY.bin())
+        .args(["serve", "--listen", &first.data.to_string()])
+        .args(["--control", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "the second relay started on a served address: {stderr}"
+    );
+    assert!(
+        stderr.contains("already in use by another process"),
+        "{stderr}"
+    );
+    if (32768..=60999).contains(&first.data.port()) {
+        assert!(stderr.contains("ip_local_reserved_ports"), "{stderr}");
+    }
+    // The first one still serves.
+    first.create();
+}

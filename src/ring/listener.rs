@@ -11,7 +11,16 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds `count` listeners on `addr` with `SO_REUSEPORT`. With port 0 the first one picks
 /// the port and the others join it.
+///
+/// An address another process already listens on is refused (`AddrInUse`) rather than
+/// shared: with `SO_REUSEPORT` a second relay would silently take half the connections and
+/// split channels' ends between two processes. A plain bind (no `SO_REUSEPORT`) first tells.
 pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {

@@ -41,14 +41,39 @@ pub struct Running {
     pub shared: Arc<Shared>,
 }
 
+/// Says what to do about a listen address that cannot be bound.
+fn bind_error(e: std::io::Error, addr: SocketAddr) -> std::io::Error {
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    }
+    let ephemeral = (32768..=60999).contains(&addr.port());
+    let hint = if ephemeral {
+        format!(
+            "; port {} lies in Linux's ephemeral range (32768-60999), where an outgoing \
+             connection may hold it: reserve it (sysctl net.ipv4.ip_local_reserved_ports={}) \
+             or listen below 32768",
+            addr.port(),
+            addr.port()
+        )
+    } else {
+        String::new()
+    };
+    std::io::Error::new(
+        e.kind(),
+        format!("{addr} is already in use by another process (another relay?){hint}"),
+    )
+}
+
 /// Binds both listeners and starts every thread. Returns once they are bound.
 pub fn start(config: Config) -> std::io::Result<Running> {
     let n = config.shard_count();
-    let listeners = ring::bind_reuseport(config.listen, n)?;
+    let listeners =
+        ring::bind_reuseport(config.listen, n).map_err(|e| bind_error(e, config.listen))?;
     let data_addr = listeners[0].local_addr()?;
     // The control API runs on every shard too: a channel is created on the shard that
     // took the request, with no hop to another thread.
-    let control = ring::bind_reuseport(config.control, n)?;
+    let control =
+        ring::bind_reuseport(config.control, n).map_err(|e| bind_error(e, config.control))?;
     let control_addr = control[0].local_addr()?;
     let (commands, command_inboxes): (Vec<_>, Vec<_>) =
         (0..n).map(|_| mpsc::unbounded_channel()).unzip();
