@@ -91,13 +91,22 @@ fn check_config_names_a_bad_key_and_fails() {
     }
 }
 
+/// The relay's log once its start line is in it (stderr is written just after the
+/// listening lines the launcher waits for).
+fn started_log(relay: &Relay) -> String {
+    wait_for(std::time::Duration::from_secs(5), || {
+        let log = relay.log_all();
+        log.contains("chanrelay started").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no start line in the log: {}", relay.log_all()))
+}
+
 /// Logs to a pipe (a file, the journal) carry no colour escape codes.
 #[test]
 fn text_logs_to_a_pipe_have_no_colour_codes() {
     let relay = RELAY.start();
     relay.create();
-    let log = relay.log_all();
-    assert!(log.contains("chanrelay started"), "{log}");
+    let log = started_log(&relay);
     assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
 }
 
@@ -106,7 +115,7 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
 fn json_logs_are_one_object_per_line() {
     let relay = RELAY.spawn_with_args(None, 2, &[], &["--log-format", "json"]);
     relay.create();
-    let log = relay.log_all();
+    let log = started_log(&relay);
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty(), "no log lines");
     for line in &lines {
