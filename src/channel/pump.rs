@@ -11,7 +11,7 @@ use std::rc::Rc;
 use super::channel::{arm_close_timeout, Channel, Chunk};
 use super::ping_reader::PingReader;
 use super::shard::Shard;
-use super::state::{Busy, CloseHow, Offer, PingVerdict, ReaderStep, READ_RECORDS_BYTES};
+use super::state::{Busy, CloseHow, Core, Offer, PingVerdict, ReaderStep};
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
 use crate::ring::{self, Conn, Cut, Watchdog};
@@ -104,10 +104,7 @@ async fn writer_loop(
             SMALL_READ_BYTES
         } else {
             // The chunk's records count too: a read never takes the channel past `limit`.
-            shard
-                .pool
-                .stream_read_size()
-                .min(limit - READ_RECORDS_BYTES)
+            shard.pool.stream_read_size().min(Core::largest_read(limit))
         };
         // Backpressure: hold at most `limit` bytes; until a read of a useful size fits, the
         // writer's socket is not read and TCP flow control throttles it. Reads are sized to

@@ -562,13 +562,22 @@ impl Core {
 
     /// Bytes the writer's loop may read now with `limit` the most the channel may hold:
     /// `None` when anything may be read (nothing held, or the stream has ended), else the
-    /// room left under `limit` after reserving the read's records (`READ_RECORDS_BYTES`;
-    /// only a read of many tiny frames takes more).
+    /// room left under `limit` after reserving the read's records: `READ_RECORDS_BYTES` plus
+    /// a 33rd of the read (a chunk, its ranges and a 48-byte record per frame piece; only a
+    /// read of many tiny frames takes more).
     pub fn writer_room(&self, limit: usize) -> Option<usize> {
         if self.held == 0 || self.end.is_some() {
             return None;
         }
-        Some(limit.saturating_sub(self.held + READ_RECORDS_BYTES))
+        let room = limit.saturating_sub(self.held + READ_RECORDS_BYTES);
+        Some(room - room / 33)
+    }
+
+    /// The largest read that keeps a channel holding nothing within `limit` once its
+    /// records are counted (the same reservation as `writer_room`).
+    pub fn largest_read(limit: usize) -> usize {
+        let room = limit.saturating_sub(READ_RECORDS_BYTES);
+        room - room / 33
     }
 
     /// The writer sent pings: the Pong frames may be written now unless the stream has
