@@ -14,12 +14,14 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 ///
 /// An address another process already listens on is refused (`AddrInUse`) rather than
 /// shared: with `SO_REUSEPORT` a second relay would silently take half the connections and
-/// split channels' ends between two processes. A plain bind (no `SO_REUSEPORT`) first tells.
+/// split channels' ends between two processes. A connection attempt first tells (a bind
+/// probe would also trip over the previous process's closing connections on a restart).
 pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    if addr.port() != 0 {
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())?;
+    if addr.port() != 0 && someone_listens(addr) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process listens there",
+        ));
     }
     let mut out = Vec::with_capacity(count);
     let mut addr = addr;
@@ -36,6 +38,22 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net
     }
     Ok(out)
 }
+
+/// Whether a listener already accepts connections on `addr` (its loopback, for an
+/// unspecified address).
+fn someone_listens(addr: SocketAddr) -> bool {
+    let mut target = addr;
+    if addr.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok()
+}
+
+/// How long the start-up check for another listener waits for a connection.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Adopts a bound listener on the current thread's ring and accepts from it.
 pub struct Listener {
