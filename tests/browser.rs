@@ -94,22 +94,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // SAFETY: plain syscalls on the process group this test created.
-        unsafe {
-            libc::kill(-pgid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        stop_process_group(
+            &mut self.child,
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+        );
         if std::thread::panicking() {
             eprintln!("---- chromium output (tail) ----\n{}", self.log_tail());
         }
