@@ -1,9 +1,11 @@
 //! The clients a deployment runs, through HAProxy over TLS (issue 10): the real iii SDKs
-//! (Python `iii-sdk` from PyPI, Node `iii-sdk` from npm, unmodified: `tests/sdk/run.sh`)
+//! (Python `iii-sdk` from PyPI, Node and Rust `iii-sdk` from npm and crates.io, unmodified:
+//! `tests/sdk/run.sh`)
 //! and the Rust client (`chanrelay-client`), with `wss://` and `https://` URLs of the
 //! shipped `deploy/haproxy/haproxy.cfg` in front of three relays (`node_id` r1, r2, r3, one
 //! `signing_secret`) and a stand-in engine. The clients trust the test's private CA the way
-//! an operator's workers would: `SSL_CERT_FILE` (Python), `NODE_EXTRA_CA_CERTS` (Node),
+//! an operator's workers would: `SSL_CERT_FILE` (Python, and the Rust SDK through the
+//! system roots `rustls-native-certs` reads), `NODE_EXTRA_CA_CERTS` (Node),
 //! `Tls::with_ca_pem` (Rust). They are given nothing but the balancer's addresses.
 //!
 //! Needs `haproxy` and `openssl`: without them each test is skipped with a message, unless

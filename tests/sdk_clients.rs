@@ -1,8 +1,10 @@
-//! Runs the real iii SDK clients (Python `iii-sdk` from PyPI, Node `iii-sdk` from npm),
-//! unmodified, against the chanrelay binary: `tests/sdk/run.sh` (see tests/sdk/*.py/*.mjs).
+//! Runs the real iii SDK clients (Python `iii-sdk` from PyPI, Node `iii-sdk` from npm, Rust
+//! `iii-sdk` from crates.io), unmodified, against the chanrelay binary: `tests/sdk/run.sh`
+//! (see tests/sdk/*.py/*.mjs and tests/sdk/rust).
 //!
-//! Needs `node`, `npm` and `python3`. On first run `run.sh` installs the pinned SDKs into
-//! tests/sdk/node_modules and tests/sdk/.venv (network needed once; CI does it in .ci/run).
+//! Needs `node`, `npm`, `python3` and `cargo`. On first run `run.sh` installs the pinned SDKs
+//! into tests/sdk/node_modules and tests/sdk/.venv and builds tests/sdk/rust into
+//! target/sdk-rust (network needed once).
 //! Set CHANRELAY_SKIP_SDK_TESTS=1 to skip (e.g. offline without the deps installed).
 
 use std::path::Path;

@@ -16,6 +16,7 @@ pub struct PingReader {
     buf: Vec<u8>,
     /// `buf` holds bytes not processed yet (brought along with the handshake).
     pending: bool,
+    read_bytes: usize,
 }
 
 impl PingReader {
@@ -31,7 +32,15 @@ impl PingReader {
             batch: Batch::default(),
             pending: !leftover.is_empty(),
             buf: leftover,
+            read_bytes: PING_READ_BYTES,
         }
+    }
+
+    /// Reads up to `n` bytes at a time instead of `PING_READ_BYTES` (a peer expected to send
+    /// data that is discarded).
+    pub fn read_size(mut self, n: usize) -> PingReader {
+        self.read_bytes = n;
+        self
     }
 
     /// Reads once and parses what arrived. `Ok(None)`: EOF or a socket error. Never drop the
@@ -39,7 +48,7 @@ impl PingReader {
     pub async fn next(&mut self, conn: &Conn) -> Result<Option<&mut Batch>, FrameError> {
         if !std::mem::take(&mut self.pending) {
             let buf = std::mem::take(&mut self.buf);
-            let (res, buf) = conn.read_append(buf, PING_READ_BYTES).await;
+            let (res, buf) = conn.read_append(buf, self.read_bytes).await;
             self.buf = buf;
             match res {
                 Ok(n) if n > 0 => {}

@@ -245,12 +245,28 @@ async fn deliver(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, chunk: Chunk) {
     ch.reader_wrote(Some(buf), chunk.cost, res.is_ok(), &shard.pool);
 }
 
+/// After our Close, a writer that goes on sending data is reset once this much more
+/// payload has been discarded. A client that only writes and never reads (the Rust iii SDK's
+/// writer) cannot see our Close; the reset makes its next write fail instead of letting it
+/// write into the void until the close timeout. A client that does read has seen the Close
+/// long before: this is many socket buffers' worth.
+pub const DRAIN_MAX_BYTES: u64 = 16 << 20;
+
+/// Read size while discarding a writer's data after our Close.
+const DRAIN_READ_BYTES: usize = 64 << 10;
+
 /// Reads and discards what a peer still sends until its Close (or EOF, or the close
-/// timeout shuts the socket).
+/// timeout shuts the socket, or `DRAIN_MAX_BYTES` of data).
 async fn drain_until_close(conn: &Conn, fwd: FrameForwarder) {
-    let mut peer = PingReader::with_forwarder(fwd, Vec::new());
+    let mut peer = PingReader::with_forwarder(fwd, Vec::new()).read_size(DRAIN_READ_BYTES);
+    let mut discarded = 0;
     while let Ok(Some(batch)) = peer.next(conn).await {
         if batch.close.is_some() {
+            return;
+        }
+        discarded += batch.payload_bytes;
+        if discarded > DRAIN_MAX_BYTES {
+            conn.abort();
             return;
         }
     }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the real iii SDK clients (PyPI iii-sdk, npm iii-sdk) against a chanrelay binary.
+# Run the real iii SDK clients (PyPI iii-sdk, npm iii-sdk, crates.io iii-sdk) against a
+# chanrelay binary.
 #
 #   tests/sdk/run.sh            # from the repo root, after `cargo build`
 #
@@ -18,6 +19,8 @@
 #
 # Deps are installed once, project-locally: tests/sdk/node_modules (npm ci, from
 # package-lock.json) and tests/sdk/.venv (pip, pinned in requirements.txt). Both are gitignored.
+# The Rust SDK suite (tests/sdk/rust, its own workspace and Cargo.lock) is built with cargo
+# into target/sdk-rust.
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,6 +56,12 @@ install_deps() {
 command -v node >/dev/null || { log "node not found"; exit 1; }
 command -v npm >/dev/null || { log "npm not found"; exit 1; }
 install_deps
+log "building the Rust SDK suite (tests/sdk/rust)"
+RUST_SDK_OFFLINE=()
+[[ "${CHANRELAY_SDK_SKIP_INSTALL:-}" == 1 ]] && RUST_SDK_OFFLINE=(--offline)
+CARGO_TARGET_DIR="$ROOT/target/sdk-rust" cargo build -q --locked "${RUST_SDK_OFFLINE[@]}" \
+  --manifest-path "$SDK_DIR/rust/Cargo.toml"
+export CHANRELAY_SDK_RUST_BIN="$ROOT/target/sdk-rust/debug/chanrelay-sdk-rust-test"
 
 # ---------------------------------------------------------------- relay
 RELAY_PID=""
@@ -104,6 +113,7 @@ rc=0
 export CHANRELAY_SDK_REQUIRE_NODE=1
 timeout -k 5 420 "$SDK_DIR/.venv/bin/python" "$SDK_DIR/sdk_test.py" "$WS" "$CONTROL" || rc=1
 timeout -k 5 300 node "$SDK_DIR/sdk_test.mjs" "$WS" "$CONTROL" || rc=1
+timeout -k 5 300 "$CHANRELAY_SDK_RUST_BIN" "$WS" "$CONTROL" || rc=1
 
 if [[ -n "$RELAY_PID" ]] && ! kill -0 "$RELAY_PID" 2>/dev/null; then
   log "relay process died during the tests"; rc=1

@@ -340,8 +340,15 @@ async function caseMintedRefs(base, control) {
   const rres = await rp
   checkWriter(wres)
   checkReader(rres, data, msgs)
-  const { status } = await http('GET', `${control}/v1/channels/${ch.channel_id}`)
-  check(status === 404, `GET after the minted channel ended -> ${status}, expected 404 (gone)`)
+  // The reader's stream ends on the relay's Close; the relay removes the channel once the
+  // reader's Close echo (or its TCP close) comes back, a moment later.
+  let status
+  for (const t0 = Date.now(); Date.now() - t0 < 5000;) {
+    ({ status } = await http('GET', `${control}/v1/channels/${ch.channel_id}`))
+    if (status === 404) break
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  check(status === 404, `GET 5 s after the minted channel ended -> ${status}, expected 404 (gone)`)
   return `test vectors match; ${data.length} B over a ref minted without the control API`
 }
 

@@ -24,6 +24,9 @@ Cases (each bounded by CASE_TIMEOUT seconds):
   cross py->node        Python SDK writer -> Node SDK reader
                         (cross cases need `node` and tests/sdk/node_modules; skipped otherwise
                         unless CHANRELAY_SDK_REQUIRE_NODE=1)
+  cross rust->py        Rust SDK writer (tests/sdk/rust helper) -> Python SDK reader
+  cross py->rust        Python SDK writer -> Rust SDK reader
+                        (need CHANRELAY_SDK_RUST_BIN, the built helper; run.sh sets it)
 
 Last line: `sdk-python: N passed, M failed`. Exit status 1 if anything failed.
 """
@@ -440,8 +443,16 @@ def node_cmd() -> list[str] | None:
     return None
 
 
+def rust_cmd() -> list[str] | None:
+    binary = os.environ.get("CHANRELAY_SDK_RUST_BIN")
+    return [binary, "--helper"] if binary and os.access(binary, os.X_OK) else None
+
+
 async def run_node_helper(spec: dict) -> dict:
-    cmd = node_cmd()
+    return await run_helper(node_cmd(), "node", spec)
+
+
+async def run_helper(cmd: list[str], who: str, spec: dict) -> dict:
     proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     try:
@@ -449,14 +460,14 @@ async def run_node_helper(spec: dict) -> dict:
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        raise CaseFailure(f"node helper {spec['role']} timed out")
+        raise CaseFailure(f"{who} helper {spec['role']} timed out")
     lines = out.decode(errors="replace").strip().splitlines()
     if proc.returncode != 0 or not lines:
-        raise CaseFailure(f"node helper {spec['role']} exited {proc.returncode}: "
+        raise CaseFailure(f"{who} helper {spec['role']} exited {proc.returncode}: "
                           f"{(out + err).decode(errors='replace')[-800:]}")
     res = json.loads(lines[-1])
     if res.get("error"):
-        raise CaseFailure(f"node {spec['role']}: {res['error']}")
+        raise CaseFailure(f"{who} {spec['role']}: {res['error']}")
     return res
 
 
@@ -485,8 +496,15 @@ async def case_minted_refs(base: str, control: str) -> str:
     rres = await rtask
     check_writer(wres)
     check_reader(rres, data, msgs)
-    status, _ = await asyncio.to_thread(_http, "GET", f"{control}/v1/channels/{ch['channel_id']}")
-    check(status == 404, f"GET after the minted channel ended -> {status}, expected 404 (gone)")
+    # The relay removes the channel once the reader's side of the Close is done, a moment
+    # after the reader's stream ended.
+    deadline = time.monotonic() + 5
+    while True:
+        status, _ = await asyncio.to_thread(_http, "GET", f"{control}/v1/channels/{ch['channel_id']}")
+        if status == 404 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    check(status == 404, f"GET 5 s after the minted channel ended -> {status}, expected 404 (gone)")
     return f"test vectors match; {len(data)} B over a ref minted without the control API"
 
 
@@ -525,6 +543,39 @@ async def case_cross_py_to_node(base: str, control: str) -> str:
     return "python writer -> node reader ok"
 
 
+async def case_cross_rust_to_py(base: str, control: str) -> str:
+    ch = await create_channel(control)
+    data, msgs = make_payload(8), make_messages("rust->py")
+    with tempfile.NamedTemporaryFile(prefix="chanrelay-sdk-", delete=False) as f:
+        f.write(data)
+        path = f.name
+    try:
+        rtask = asyncio.create_task(py_read(base, ch["reader"]))
+        await wait_state(control, ch["channel_id"], lambda s: s.get("reader_connected") is True, "reader_connected")
+        await run_helper(rust_cmd(), "rust", {"role": "write", "base": base, "ref": ch["writer"],
+                                              "data_file": path, "messages": msgs})
+        rres = await rtask
+    finally:
+        os.unlink(path)
+    check_reader(rres, data, msgs, "python reader")
+    return "rust writer -> python reader ok"
+
+
+async def case_cross_py_to_rust(base: str, control: str) -> str:
+    ch = await create_channel(control, buffer_bytes=32 * MiB)
+    data, msgs = make_payload(9), make_messages("py->rust")
+    wres = await py_write(base, ch["writer"], data, msgs)
+    check_writer(wres, "python writer")
+    rres = await run_helper(rust_cmd(), "rust", {"role": "read", "base": base, "ref": ch["reader"]})
+    check(rres["n"] == len(data), f"rust reader: got {rres['n']} bytes, expected {len(data)}")
+    check(rres["sha256"] == sha(data), "rust reader: sha256 mismatch")
+    got = [m for _, m in rres["msgs"]]
+    check(got == msgs, f"rust reader: messages {[short(m) for m in got]} != {[short(m) for m in msgs]}")
+    offs = [o for o, _ in rres["msgs"]]
+    check(offs == expected_offsets(len(data)), f"rust reader: message offsets {offs}")
+    return "python writer -> rust reader ok"
+
+
 # ---------------------------------------------------------------- main
 
 async def main() -> int:
@@ -551,6 +602,11 @@ async def main() -> int:
         return 1
     else:
         print("SKIP cross-language cases: node or tests/sdk/node_modules/iii-sdk missing")
+    if rust_cmd():
+        cases += [("cross rust->py", case_cross_rust_to_py), ("cross py->rust", case_cross_py_to_rust)]
+    elif os.environ.get("CHANRELAY_SDK_REQUIRE_NODE") == "1":
+        print("FAIL cross-language: CHANRELAY_SDK_RUST_BIN (the Rust SDK helper) missing")
+        return 1
     only = os.environ.get("CHANRELAY_SDK_ONLY")
     if only:
         cases = [c for c in cases if c[0] in only.split(",")]
