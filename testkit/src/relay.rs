@@ -244,6 +244,8 @@ impl Launcher {
             cmd.arg("--config").arg(&path);
         }
         cmd.args(args);
+        // A test runner started by systemd must not have every test relay report to it.
+        cmd.env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
         }
