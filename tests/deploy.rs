@@ -95,8 +95,8 @@ fn the_unit_waits_for_readiness_and_outlasts_the_drain() {
     for f in ["AF_UNIX", "AF_INET", "AF_INET6"] {
         assert!(families.contains(f), "{f} not allowed: {families:?}");
     }
-    // io_uring named in the allow list (for systemd before 245, whose @system-service
-    // lacks it), and no deny list taking it, or what the relay needs at start, away.
+    // io_uring named in the allow list (for systemd versions whose @system-service lacks
+    // it), and no deny list taking it, or what the relay needs at start, away.
     let filters = &s["SystemCallFilter"];
     let allow: BTreeSet<&str> = filters
         .iter()
