@@ -2,13 +2,15 @@
 //! between shards. The only module allowed `unsafe`.
 
 mod conn;
+mod limits;
 mod listener;
 mod pool;
 mod runtime;
 mod watchdog;
 
 pub use conn::Conn;
+pub use limits::{fd_limit, raise_fd_limit, FdLimit};
 pub use listener::{bind_reuseport, Listener, LISTEN_BACKLOG};
 pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES};
-pub use runtime::{spawn, spawn_pinned, RING_ENTRIES};
+pub use runtime::{spawn, spawn_pinned, uring_unavailable, RING_ENTRIES};
 pub use watchdog::{Cut, Watchdog};

@@ -7,6 +7,7 @@
 mod admit;
 mod control;
 mod data;
+mod notify;
 mod request;
 mod thread;
 
@@ -117,9 +118,15 @@ pub fn start(config: Config) -> std::io::Result<Running> {
     }
     // Report "listening" only once every runtime is up.
     for _ in 0..n {
-        ready_rx.recv_timeout(SHARD_START_TIMEOUT).map_err(|_| {
-            std::io::Error::other("a runtime failed to start (is io_uring enabled?)")
-        })?;
+        match ready_rx.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::other(format!(
+                    "a shard's runtime did not start within {SHARD_START_TIMEOUT:?}"
+                )))
+            }
+        }
     }
     Ok(Running {
         data_addr,
@@ -131,6 +138,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
 /// Runs until SIGINT or SIGTERM.
 pub fn serve(config: Config) -> Result<(), String> {
     let shards = config.shard_count();
+    raise_fd_limit(&config);
     let running = start(config).map_err(|e| format!("cannot start: {e}"))?;
     {
         let mut out = std::io::stdout().lock();
@@ -143,6 +151,12 @@ pub fn serve(config: Config) -> Result<(), String> {
         let _ = out.flush();
     }
     tracing::info!(data = %running.data_addr, control = %running.control_addr, shards, "chanrelay started");
+    // Both listeners of every shard are bound and listening (the kernel queues connections
+    // from here on) and every shard's runtime runs: a service manager may count us started.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving data on {}, control on {}",
+        running.data_addr, running.control_addr
+    ));
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -151,8 +165,51 @@ pub fn serve(config: Config) -> Result<(), String> {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "draining (a second signal exits at once)");
     }
+    notify::notify("STOPPING=1\nSTATUS=draining");
     drain(&running.shared, &mut signals);
     Ok(())
+}
+
+/// File descriptors the relay needs beyond its connections, per shard: the ring, tokio's
+/// epoll instances and its waker, and the two listeners: six, measured (`tests/startup.rs`
+/// checks an idle relay stays within the estimate).
+pub const FDS_PER_SHARD: u64 = 8;
+/// File descriptors the process needs whatever its size: standard streams, the signal
+/// pipe, a log file, connections being handed between shards (briefly two descriptors), and
+/// room for a few more.
+pub const FDS_BASE: u64 = 64;
+
+/// File descriptors `config` may need at once: one per data-plane connection
+/// (`max_connections`: each channel end, each routed HTTP request), one per control-API
+/// connection (`max_control_connections`, event streams included), plus
+/// [`FDS_PER_SHARD`] per shard and [`FDS_BASE`].
+pub fn fds_needed(config: &Config) -> u64 {
+    config.max_connections as u64
+        + config.max_control_connections as u64
+        + FDS_PER_SHARD * config.shard_count() as u64
+        + FDS_BASE
+}
+
+/// Raises the soft open-file limit to the hard limit (every connection is a descriptor,
+/// and the usual soft limit of 1024 is far below `max_connections`), and warns, naming
+/// both numbers, when even that cannot serve `max_connections`: the connections over it
+/// would be refused at accept (`EMFILE`), not with the 503 of the connection limit.
+fn raise_fd_limit(config: &Config) {
+    let need = fds_needed(config);
+    match ring::raise_fd_limit() {
+        Ok(limit) if limit.soft < need => tracing::warn!(
+            "open-file limit {} is below the {need} descriptors max_connections = {} needs \
+             ({} data + {} control connections + shards and process); connections past the \
+             limit fail at accept: raise the hard limit (LimitNOFILE=, ulimit -Hn) to {need} \
+             or lower max_connections",
+            limit.soft,
+            config.max_connections,
+            config.max_connections,
+            config.max_control_connections,
+        ),
+        Ok(limit) => tracing::info!(soft = limit.soft, need, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, need, "cannot raise the open-file limit"),
+    }
 }
 
 /// Graceful drain: no new channels (`503`, `/readyz` false); channels in use may finish

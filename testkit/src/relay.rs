@@ -193,6 +193,23 @@ impl Launcher {
         self.launch(serve_command(&self.bin()), config, shards, env, args)
     }
 
+    /// The relay (two shards) started through `wrapper`, a command that sets something up
+    /// and then execs the rest of its command line — `prlimit --nofile=…`, a seccomp
+    /// filter — so the [`Relay`]'s pid is the relay's own.
+    pub fn spawn_wrapped(
+        &self,
+        wrapper: &[&str],
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let mut cmd = Command::new(program);
+        cmd.args(wrapper_args);
+        let serve = serve_command(&self.bin());
+        cmd.arg(serve.get_program()).args(serve.get_args());
+        self.launch(cmd, config, 2, env, &[])
+    }
+
     /// A relay (two shards, `config` as its `--config` file) listening on `data` and
     /// `control` instead of fresh ports: e.g. a relay started again on the addresses of one
     /// that exited, where a load balancer's backends still point. Panics, with the relay's
@@ -227,6 +244,8 @@ impl Launcher {
             cmd.arg("--config").arg(&path);
         }
         cmd.args(args);
+        // A test runner started by systemd must not have every test relay report to it.
+        cmd.env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
         }
