@@ -17,8 +17,8 @@ pub enum Refusal {
     MethodNotAllowed,
     /// That end of the channel is already taken.
     Conflict,
-    /// Over the connection limit, or draining.
-    Unavailable(&'static str),
+    /// `503`: over a limit, draining, or nobody to serve it (the cause is counted).
+    Unavailable(Unavailable),
     HeadTooLarge,
     Timeout,
     /// A body without `Content-Length` where only that is taken (the control API).
@@ -27,9 +27,6 @@ pub enum Refusal {
     BodyTooLarge,
     /// A body on a route or method that takes none: refused before any of it is read.
     BodyNotAllowed,
-    /// A new signed channel while `max_used_signed_refs` signed refs are held: used refs
-    /// are remembered until they expire, never forgotten early (that would allow a replay).
-    TooManySignedRefs,
     /// A channel id naming another node (`<owner>~…`) on a relay with a `node_id`: the load
     /// balancer sent it to the wrong relay.
     Misdirected {
@@ -52,7 +49,10 @@ impl Refusal {
                 "conflict",
                 "that end of the channel is already connected",
             ),
-            Refusal::Unavailable(m) => (503, "unavailable", *m),
+            Refusal::Unavailable(u) => {
+                let (code, msg) = u.answer();
+                (503, code, msg)
+            }
             Refusal::HeadTooLarge => (431, "head_too_large", "request head too large"),
             Refusal::Timeout => (408, "timeout", "request head not received in time"),
             Refusal::LengthRequired => {
@@ -62,11 +62,6 @@ impl Refusal {
             Refusal::BodyNotAllowed => {
                 (400, "body_not_allowed", "this route takes no request body")
             }
-            Refusal::TooManySignedRefs => (
-                503,
-                "too_many_signed_refs",
-                "too many signed refs held until their expiry (max_used_signed_refs)",
-            ),
             Refusal::Misdirected {
                 channel_id,
                 owner,
@@ -80,10 +75,128 @@ impl Refusal {
         (status, code, Cow::Borrowed(msg))
     }
 
+    /// The cause of a `503`, as counted in `chanrelay_unavailable_total{cause}`.
+    pub fn unavailable_cause(&self) -> Option<Cause> {
+        match self {
+            Refusal::Unavailable(u) => Some(u.cause()),
+            _ => None,
+        }
+    }
+
     /// The full HTTP response.
     pub fn response(&self) -> Vec<u8> {
         let (status, code, msg) = self.status();
         crate::wire::response::error_response(status, code, &msg)
+    }
+}
+
+/// Why a request was answered `503`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Over `max_connections` or `max_connections_per_shard`.
+    ConnectionLimit,
+    /// Over `max_control_connections`.
+    ControlConnectionLimit,
+    /// Draining: no new channels, and a channel not in use yet is not started.
+    Draining,
+    /// A routed request with no engine subscribed to the event stream.
+    NoEngine,
+    /// A routed request while every engine's event queue is full (`subscriber_queue_events`).
+    EnginesBusy,
+    /// `max_pending_ingress_requests` routed requests already wait for a function.
+    TooManyPending,
+    /// `max_unconnected_channels` channels already wait for their first end.
+    TooManyUnconnected,
+    /// A new signed channel while `max_used_signed_refs` signed refs are held: used refs
+    /// are remembered until they expire, never forgotten early (that would allow a replay).
+    TooManySignedRefs,
+    /// The shard that owns the channel did not answer (its thread is gone).
+    ShardUnavailable,
+}
+
+/// What a `503` is counted under: the operator's next step differs by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Raise a connection limit or add relays.
+    ConnectionLimit,
+    /// Expected during a deploy.
+    Draining,
+    /// The engine is missing or not keeping up with its event stream.
+    NoEngine,
+    /// A memory bound of the relay was reached (unconnected channels, signed refs,
+    /// pending routed requests).
+    Budget,
+    /// A shard no longer serves (see `/healthz`).
+    ShardUnavailable,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 5] = [
+        Cause::ConnectionLimit,
+        Cause::Draining,
+        Cause::NoEngine,
+        Cause::Budget,
+        Cause::ShardUnavailable,
+    ];
+
+    /// Label in `chanrelay_unavailable_total{cause=…}` and in refusal log lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::ConnectionLimit => "connection_limit",
+            Cause::Draining => "draining",
+            Cause::NoEngine => "no_engine",
+            Cause::Budget => "budget",
+            Cause::ShardUnavailable => "shard_unavailable",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Unavailable {
+    /// The error code and message a peer gets with the `503`.
+    pub fn answer(self) -> (&'static str, &'static str) {
+        match self {
+            Unavailable::ConnectionLimit => ("unavailable", "connection limit reached"),
+            Unavailable::ControlConnectionLimit => {
+                ("unavailable", "control connection limit reached")
+            }
+            Unavailable::Draining => ("draining", "the relay is draining: no new channels"),
+            Unavailable::NoEngine => ("unavailable", "no engine subscribed to routes"),
+            Unavailable::EnginesBusy => (
+                "unavailable",
+                "every engine's event queue is full (subscriber_queue_events)",
+            ),
+            Unavailable::TooManyPending => (
+                "unavailable",
+                "too many routed requests waiting for a function (max_pending_ingress_requests)",
+            ),
+            Unavailable::TooManyUnconnected => (
+                "too_many_unconnected",
+                "too many channels waiting for their first end (max_unconnected_channels)",
+            ),
+            Unavailable::TooManySignedRefs => (
+                "too_many_signed_refs",
+                "too many signed refs held until their expiry (max_used_signed_refs)",
+            ),
+            Unavailable::ShardUnavailable => ("unavailable", "shard unavailable"),
+        }
+    }
+
+    pub fn cause(self) -> Cause {
+        match self {
+            Unavailable::ConnectionLimit | Unavailable::ControlConnectionLimit => {
+                Cause::ConnectionLimit
+            }
+            Unavailable::Draining => Cause::Draining,
+            Unavailable::NoEngine | Unavailable::EnginesBusy => Cause::NoEngine,
+            Unavailable::TooManyPending
+            | Unavailable::TooManyUnconnected
+            | Unavailable::TooManySignedRefs => Cause::Budget,
+            Unavailable::ShardUnavailable => Cause::ShardUnavailable,
+        }
     }
 }
 
@@ -295,6 +408,13 @@ mod tests {
             assert_eq!(StreamEnd::ALL_LABELS[e.label_index()], e.label());
         }
         assert_eq!(Refusal::Conflict.status().0, 409);
+        let full = Refusal::Unavailable(Unavailable::TooManySignedRefs);
+        assert_eq!(full.status().1, "too_many_signed_refs");
+        assert_eq!(full.unavailable_cause(), Some(Cause::Budget));
+        assert_eq!(Refusal::NotFound.unavailable_cause(), None);
+        for (i, c) in Cause::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
         let m = Refusal::Misdirected {
             channel_id: "r2~x".into(),
             owner: "r2".into(),

@@ -6,8 +6,9 @@
 //!
 //! Layers, each importing only those below it (checked by `tests/layering.rs`):
 //! - leaves: `wire` (pure protocol: frames, heads, routes), `ring` (io_uring, the only
-//!   `unsafe`), `config` (every limit), `error` (what peers see), `metrics`, `keys`
-//!   (access keys, signed refs, ref JSON), `subscribers` (engines on the event stream);
+//!   `unsafe`), `config` (every limit), `error` (what peers see), `metrics`, `oplog` (the
+//!   channel-end and refusal log lines), `health` (shard heartbeats), `keys` (access keys,
+//!   signed refs, ref JSON), `subscribers` (engines on the event stream);
 //! - `channel`: a shard's channel table, a channel, the pump;
 //! - `http` (HTTP reader and writer ends, routes for functions) and `control` (the control
 //!   API's routes and event stream), each on `channel` and the leaves;
@@ -20,9 +21,11 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod oplog;
 #[allow(unsafe_code)]
 pub mod ring;
 pub mod serve;

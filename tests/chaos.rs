@@ -2002,10 +2002,10 @@ fn chaos_run() {
         }
     }
     let bytes_verified = t.bytes_verified.load(Ordering::Relaxed);
-    let forwarded = get("chanrelay_bytes_forwarded_total");
+    let forwarded = get("chanrelay_forwarded_bytes_total");
     if forwarded < bytes_verified as f64 {
         problems.push(format!(
-            "bytes_forwarded_total {forwarded} < bytes verified {bytes_verified}"
+            "forwarded_bytes_total {forwarded} < bytes verified {bytes_verified}"
         ));
     }
     // Events that fill the engine's socket (the relay notices a write that does not

@@ -187,8 +187,8 @@ fn health_ready_and_metrics() {
         "chanrelay_channels_active",
         "chanrelay_connections_active",
         "chanrelay_channels_created_total",
-        "chanrelay_bytes_forwarded_total",
-        "chanrelay_frames_forwarded_total",
+        "chanrelay_forwarded_bytes_total",
+        "chanrelay_forwarded_frames_total",
     ] {
         assert!(
             metric_sum(&before, name).is_some(),
@@ -196,8 +196,8 @@ fn health_ready_and_metrics() {
         );
     }
     let created0 = metric_sum(&before, "chanrelay_channels_created_total").unwrap();
-    let bytes0 = metric_sum(&before, "chanrelay_bytes_forwarded_total").unwrap();
-    let frames0 = metric_sum(&before, "chanrelay_frames_forwarded_total").unwrap();
+    let bytes0 = metric_sum(&before, "chanrelay_forwarded_bytes_total").unwrap();
+    let frames0 = metric_sum(&before, "chanrelay_forwarded_frames_total").unwrap();
 
     let ch = relay.create();
     let mut r = relay.connect(&ch, "read");
@@ -211,8 +211,8 @@ fn health_ready_and_metrics() {
         metric_sum(m, "chanrelay_channels_created_total").unwrap_or(0.0) >= created0 + 1.0
             && metric_sum(m, "chanrelay_channels_active").unwrap_or(0.0) >= 1.0
             && metric_sum(m, "chanrelay_connections_active").unwrap_or(0.0) >= 2.0
-            && metric_sum(m, "chanrelay_bytes_forwarded_total").unwrap_or(0.0) >= bytes0 + 20_000.0
-            && metric_sum(m, "chanrelay_frames_forwarded_total").unwrap_or(0.0) >= frames0 + 2.0
+            && metric_sum(m, "chanrelay_forwarded_bytes_total").unwrap_or(0.0) >= bytes0 + 20_000.0
+            && metric_sum(m, "chanrelay_forwarded_frames_total").unwrap_or(0.0) >= frames0 + 2.0
     };
     let t = std::time::Instant::now();
     let ok = wait_for(std::time::Duration::from_secs(2), || {

@@ -4,7 +4,7 @@
 //!
 //! Layers, bottom up:
 //! - leaves: `wire` (pure protocol), `ring` (io_uring), `config`, `error`, `metrics`,
-//!   `keys`, `subscribers` — they import only leaves;
+//!   `oplog`, `health`, `keys`, `subscribers` — they import only leaves;
 //! - `channel` — the leaves;
 //! - `http`, `control` — `channel` and the leaves (never each other, never `serve`);
 //! - `serve` (dispatch, process) — everything below it; `cli` on top.
@@ -18,6 +18,8 @@ const LEAVES: &[&str] = &[
     "config",
     "error",
     "metrics",
+    "oplog",
+    "health",
     "keys",
     "subscribers",
 ];

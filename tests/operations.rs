@@ -286,7 +286,17 @@ fn access_keys_never_appear_in_logs() {
         // A signed key's signature part is what must stay secret.
         keys.push(key.rsplit('.').next().unwrap().to_string());
     }
+    w.send_close(1000, "");
+    assert_eq!(r.expect_close("reader").0, 1000);
+    // The lines most likely to name a channel's secrets: its end (4 channels) and the
+    // refusals (3 wrong keys).
+    let ended = wait_for(Duration::from_secs(5), || {
+        let log = relay.log_all();
+        (log.matches("channel ended").count() == 4 && log.matches("refused").count() >= 3)
+            .then_some(())
+    });
     let log = relay.log_all();
+    assert!(ended.is_some(), "end and refusal lines missing:\n{log}");
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),
         "trace logging was on"

@@ -5,14 +5,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use crate::error::StreamEnd;
 use crate::keys::EndKeys;
-use crate::metrics::METRICS;
+use crate::metrics::ShardMetrics;
 use crate::ring::{Conn, Cut, Watchdog};
 use crate::wire::route::Direction;
 
@@ -52,6 +51,11 @@ pub struct Channel {
     /// For a channel created from a signed ref: the ref's expiry (unix seconds). Until
     /// then the id may not be created again.
     pub signed_expiry: Cell<Option<u64>>,
+    /// When both ends were first connected at once (for the time-to-pair figures).
+    pub paired_at: Cell<Option<Instant>>,
+    /// What the reader sent the other way (ping and data-frame payload bytes, frames):
+    /// answered or dropped by the relay, counted for the channel's end line.
+    pub reader_sent: Cell<(u64, u64)>,
 }
 
 impl Channel {
@@ -74,6 +78,8 @@ impl Channel {
             left_bytes: Cell::new(0),
             retired: Notify::new(),
             signed_expiry: Cell::new(None),
+            paired_at: Cell::new(None),
+            reader_sent: Cell::new((0, 0)),
         }
     }
 
@@ -89,7 +95,14 @@ impl Channel {
     /// Claims the `dir` end for `conn`, speaking `kind`: from here on a second connection
     /// for it gets 409. Call before the first await after checking the slot is `Waiting`.
     pub fn claim(self: &Rc<Self>, dir: Direction, conn: &Rc<Conn>, kind: Kind) -> ClaimedEnd {
-        self.core.borrow_mut().connect(dir, kind);
+        let paired = {
+            let mut core = self.core.borrow_mut();
+            core.connect(dir, kind);
+            core.writer != Slot::Waiting && core.reader != Slot::Waiting
+        };
+        if paired && self.paired_at.get().is_none() {
+            self.paired_at.set(Some(Instant::now()));
+        }
         *self.conn_cell(dir).borrow_mut() = Some(conn.clone());
         ClaimedEnd {
             ch: self.clone(),
@@ -218,12 +231,19 @@ impl Channel {
         self.last_activity.set(Instant::now());
     }
 
-    pub fn add_forwarded(&self, bytes: u64, frames: u64) {
+    /// Data delivered to the reader, counted for the channel and its shard.
+    pub fn add_forwarded(&self, stats: &ShardMetrics, bytes: u64, frames: u64) {
         let mut core = self.core.borrow_mut();
         core.bytes += bytes;
         core.frames += frames;
-        METRICS.bytes_forwarded.fetch_add(bytes, Relaxed);
-        METRICS.frames_forwarded.fetch_add(frames, Relaxed);
+        stats.forwarded(bytes, frames);
+    }
+
+    /// The reader sent `bytes` of payload in `frames` frames (pings, or data it may not
+    /// send on a one-way channel).
+    pub fn add_reader_sent(&self, bytes: u64, frames: u64) {
+        let (b, f) = self.reader_sent.get();
+        self.reader_sent.set((b + bytes, f + frames));
     }
 }
 

@@ -240,7 +240,7 @@ async fn forward(shard: &Shard, ch: &Rc<Channel>, chunk: Chunk) {
 async fn deliver(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, chunk: Chunk) {
     let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
     if res.is_ok() {
-        ch.add_forwarded(chunk.payload_bytes, chunk.frames as u64);
+        ch.add_forwarded(shard.stats(), chunk.payload_bytes, chunk.frames as u64);
     }
     ch.reader_wrote(Some(buf), chunk.cost, res.is_ok(), &shard.pool);
 }
@@ -395,6 +395,11 @@ async fn read_from_reader(shard: Rc<Shard>, ch: Rc<Channel>, conn: Rc<Conn>, lef
             }
         };
         ch.touch();
+        let pinged: usize = batch.pings.iter().map(Vec::len).sum();
+        ch.add_reader_sent(
+            batch.payload_bytes + pinged as u64,
+            batch.frames_completed as u64 + batch.pings.len() as u64,
+        );
         let mut flood = false;
         for p in batch.pings.drain(..) {
             flood |= ch.core.borrow_mut().reader_ping(p) == PingVerdict::Flood;

@@ -17,9 +17,10 @@ use subtle::ConstantTimeEq;
 
 use super::channel::{Channel, Slot};
 use crate::config::Config;
-use crate::error::{Refusal, StreamEnd};
+use crate::error::{Refusal, StreamEnd, Unavailable};
+use crate::health::Heartbeat;
 use crate::keys::EndKeys;
-use crate::metrics::METRICS;
+use crate::metrics::ShardMetrics;
 use crate::ring::{self, BufPool};
 use crate::subscribers::Subscribers;
 use crate::wire::route::{node_channel_id, node_of, Direction};
@@ -49,6 +50,10 @@ pub struct Shared {
     pub routes: std::sync::RwLock<Vec<crate::wire::ingress::IngressRoute>>,
     /// Engines subscribed to the event stream.
     pub subscribers: Subscribers,
+    /// Each shard's counters, by shard index (`/metrics` adds them up or labels them).
+    pub stats: Box<[ShardMetrics]>,
+    /// Each shard's heartbeat, by shard index (`/healthz`).
+    pub heartbeats: Box<[Heartbeat]>,
 }
 
 /// What a channel looks like from the control API.
@@ -185,6 +190,11 @@ impl Shard {
         &self.shared.config
     }
 
+    /// This shard's counters.
+    pub fn stats(&self) -> &ShardMetrics {
+        &self.shared.stats[self.index]
+    }
+
     /// This relay's `node_id`, if it has one.
     pub fn node_id(&self) -> Option<&str> {
         self.shared.config.node_id.as_deref()
@@ -249,8 +259,8 @@ impl Shard {
             channels.len()
         };
         self.shared.shard_channels[self.index].store(n, Relaxed);
-        METRICS.channels_created.fetch_add(1, Relaxed);
-        METRICS.channels_active.fetch_add(1, Relaxed);
+        self.stats().channels_created.fetch_add(1, Relaxed);
+        self.stats().channels_active.fetch_add(1, Relaxed);
         let (shard, timed) = (self.clone(), ch.clone());
         // One timer task per channel: the TTL while an end is missing, the idle timeout once
         // both are there. It ends as soon as the channel leaves the table, so a finished
@@ -290,7 +300,7 @@ impl Shard {
             return Err(Refusal::Conflict);
         }
         if self.shared.draining.load(Relaxed) && !ch.is_busy() {
-            return Err(Refusal::Unavailable("relay is draining"));
+            return Err(Refusal::Unavailable(Unavailable::Draining));
         }
         self.leave_unconnected(&ch);
         Ok(ch)
@@ -331,7 +341,7 @@ impl Shard {
             return Err(Refusal::NotFound);
         }
         if self.signed_refs_held() >= cfg.max_used_signed_refs {
-            return Err(Refusal::TooManySignedRefs);
+            return Err(Refusal::Unavailable(Unavailable::TooManySignedRefs));
         }
         self.shared.shard_signed_refs[self.index].fetch_add(1, Relaxed);
         let keys = EndKeys {
@@ -471,10 +481,33 @@ impl Shard {
             }
             self.sweep_used_signed();
         }
-        METRICS.channels_active.fetch_sub(1, Relaxed);
-        if let Some(end) = ch.end() {
-            METRICS.count_end(end);
+        self.channel_ended(ch);
+    }
+
+    /// Counts a channel that left the table and writes its end line.
+    fn channel_ended(&self, ch: &Channel) {
+        let end = ch.end();
+        let lifetime = ch.created.elapsed();
+        let pair = ch.paired_at.get().map(|at| at - ch.created);
+        let (bytes, frames) = {
+            let core = ch.core.borrow();
+            (core.bytes, core.frames)
+        };
+        self.stats().channel_ended(end, lifetime, bytes, pair);
+        let (reader_bytes, reader_frames) = ch.reader_sent.get();
+        crate::oplog::ChannelEnd {
+            channel_id: &ch.id,
+            node: self.node_id(),
+            shard: self.index,
+            end: end.map(StreamEnd::label),
+            bytes_in: bytes,
+            frames_in: frames,
+            bytes_out: reader_bytes,
+            frames_out: reader_frames,
+            duration: lifetime,
+            pair,
         }
+        .log();
     }
 
     /// Called when one end's tasks finish: the channel goes once both are done.

@@ -13,9 +13,8 @@ use tokio::sync::oneshot;
 
 use crate::channel::{new_owned_id, owner_of, ChannelInfo, Command, Shard, Shared};
 use crate::config::{MAX_BUFFER_BYTES, MAX_TTL_S, MIN_BUFFER_BYTES};
-use crate::error::Refusal;
+use crate::error::{Refusal, Unavailable};
 use crate::keys::{channel_ref, EndKeys};
-use crate::metrics::METRICS;
 use crate::wire::head::Method;
 use crate::wire::route::Direction;
 
@@ -23,6 +22,9 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: String,
+    /// Set when the answer is a refusal: the connection's side counts it and writes its
+    /// log line (it knows the peer).
+    pub refusal: Option<Refusal>,
 }
 
 impl Response {
@@ -31,6 +33,7 @@ impl Response {
             status,
             content_type: "application/json",
             body: v.to_string(),
+            refusal: None,
         }
     }
 
@@ -39,6 +42,7 @@ impl Response {
             status,
             content_type: "application/json",
             body: crate::wire::response::error_body(code, &message.into()),
+            refusal: None,
         }
     }
 
@@ -52,6 +56,7 @@ impl Response {
             status,
             content_type: "application/json",
             body: String::new(),
+            refusal: None,
         }
     }
 }
@@ -67,11 +72,30 @@ pub fn authorized(shared: &Shared, authorization: Option<&str>) -> bool {
     }
 }
 
-/// A refusal from `error.rs` as a control response, counted like the data plane's.
+/// A refusal from `error.rs` as a control response (counted and logged like the data
+/// plane's once it is answered).
 fn refused(refusal: Refusal) -> Response {
     let (status, code, msg) = refusal.status();
-    METRICS.count_refusal(status);
-    Response::error(status, code, msg)
+    let mut r = Response::error(status, code, msg);
+    r.refusal = Some(refusal);
+    r
+}
+
+fn shard_unavailable() -> Response {
+    refused(Refusal::Unavailable(Unavailable::ShardUnavailable))
+}
+
+/// `/healthz`: `200` while every shard's loop turns; `503` naming the shards that stopped.
+fn health(shared: &Shared) -> Response {
+    let failing = crate::health::failing(&shared.heartbeats);
+    if failing.is_empty() {
+        return Response::json(200, json!({"status": "ok"}));
+    }
+    let shards: Vec<Value> = failing
+        .iter()
+        .map(|f| json!({"shard": f.shard, "state": f.state, "silent_s": f.silent_s}))
+        .collect();
+    Response::json(503, json!({"status": "failing", "shards": shards}))
 }
 
 pub fn unauthorized() -> Response {
@@ -100,7 +124,7 @@ pub async fn handle(
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     // Health checks carry no token (a load balancer cannot send one) and reveal nothing.
     match (method, segments.as_slice()) {
-        (Method::Get, ["healthz"]) => return Response::json(200, json!({"status": "ok"})),
+        (Method::Get, ["healthz"]) => return health(shared),
         (Method::Get, ["readyz"]) => {
             return if shared.draining.load(Relaxed) {
                 Response::json(503, json!({"ready": false, "reason": "draining"}))
@@ -122,7 +146,8 @@ pub async fn handle(
         (Method::Get, ["metrics"]) => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4",
-            body: METRICS.render(),
+            body: crate::metrics::render(&shared.stats),
+            refusal: None,
         },
         (Method::Post, ["v1", "channels"]) => create(shard, body).await,
         (Method::Put, ["v1", "routes"]) => put_routes(shared, body),
@@ -206,16 +231,12 @@ pub fn parse_create_body(
 async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
     let shared = &shard.shared;
     if shared.draining.load(Relaxed) {
-        return Response::error(503, "draining", "the relay is draining: no new channels");
+        return refused(Refusal::Unavailable(Unavailable::Draining));
     }
     let cfg = &shared.config;
     if shard.unconnected_channels() >= cfg.max_unconnected_channels {
         // Refs handed out that nobody uses would otherwise pile up until their TTL.
-        return Response::error(
-            503,
-            "too_many_unconnected",
-            "too many channels waiting for their first end (max_unconnected_channels)",
-        );
+        return refused(Refusal::Unavailable(Unavailable::TooManyUnconnected));
     }
     let (buffer_bytes, ttl_s) = match parse_create_body(body, cfg.buffer_bytes as u64, cfg.ttl_s) {
         Ok(options) => options,
@@ -238,7 +259,7 @@ async fn create(shard: &Rc<Shard>, body: &[u8]) -> Response {
         };
         // Answer only once the channel exists, so its ref never comes back 404.
         if shared.commands[target].send(msg).is_err() || rx.await.is_err() {
-            return Response::error(503, "unavailable", "shard unavailable");
+            return shard_unavailable();
         }
     }
     Response::json(
@@ -311,7 +332,7 @@ async fn inspect(shard: &Rc<Shard>, id: &str) -> Response {
         reply: tx,
     };
     if shard.shared.commands[owner].send(msg).is_err() {
-        return Response::error(503, "unavailable", "shard unavailable");
+        return shard_unavailable();
     }
     inspect_reply(rx.await)
 }
@@ -320,7 +341,7 @@ fn inspect_reply<E>(info: Result<Option<ChannelInfo>, E>) -> Response {
     match info {
         Ok(Some(info)) => Response::json(200, serde_json::to_value(info).expect("serializable")),
         Ok(None) => Response::error(404, "not_found", "no such channel"),
-        Err(_) => Response::error(503, "unavailable", "shard unavailable"),
+        Err(_) => shard_unavailable(),
     }
 }
 
@@ -335,7 +356,7 @@ async fn delete(shard: &Rc<Shard>, id: &str) -> Response {
         reply: tx,
     };
     if shard.shared.commands[owner].send(msg).is_err() {
-        return Response::error(503, "unavailable", "shard unavailable");
+        return shard_unavailable();
     }
     delete_reply(rx.await)
 }
@@ -344,6 +365,6 @@ fn delete_reply<E>(deleted: Result<bool, E>) -> Response {
     match deleted {
         Ok(true) => Response::empty(204),
         Ok(false) => Response::error(404, "not_found", "no such channel"),
-        Err(_) => Response::error(503, "unavailable", "shard unavailable"),
+        Err(_) => shard_unavailable(),
     }
 }

@@ -13,7 +13,7 @@ use super::reader::{run_http_reader, ClientWatch};
 use super::writer::feed_body;
 use super::Served;
 use crate::channel::{Kind, Shard};
-use crate::error::{Refusal, StreamEnd};
+use crate::error::{Refusal, StreamEnd, Unavailable};
 use crate::keys::channel_ref;
 use crate::ring::{self, Conn};
 use crate::subscribers::{Delivery, NotPublished, Subscribers};
@@ -21,19 +21,12 @@ use crate::wire::head::RequestHead;
 use crate::wire::ingress::{query_params, IngressRoute};
 use crate::wire::route::Direction;
 
-const NO_ENGINE: Refusal = Refusal::Unavailable("no engine subscribed to routes");
-const ENGINES_BUSY: Refusal =
-    Refusal::Unavailable("every engine's event queue is full (subscriber_queue_events)");
-const TOO_MANY_PENDING: Refusal = Refusal::Unavailable(
-    "too many routed requests waiting for a function (max_pending_ingress_requests)",
-);
-
 fn refusal(why: NotPublished) -> Refusal {
-    match why {
-        NotPublished::NoSubscriber => NO_ENGINE,
-        NotPublished::AllBusy => ENGINES_BUSY,
-        NotPublished::TooManyPending => TOO_MANY_PENDING,
-    }
+    Refusal::Unavailable(match why {
+        NotPublished::NoSubscriber => Unavailable::NoEngine,
+        NotPublished::AllBusy => Unavailable::EnginesBusy,
+        NotPublished::TooManyPending => Unavailable::TooManyPending,
+    })
 }
 
 /// A shard's routed requests that no function has taken up yet, by the ids of their two
@@ -88,11 +81,11 @@ pub async fn serve_ingress(
 ) -> Served {
     let shared = &shard.shared;
     if shared.subscribers.count() == 0 {
-        return Served::Refused(conn, NO_ENGINE);
+        return Served::Refused(conn, Refusal::Unavailable(Unavailable::NoEngine));
     }
     // Checked again (exactly) when publishing; this spares the channels' set-up.
     if shared.subscribers.pending() >= shared.subscribers.max_pending() {
-        return Served::Refused(conn, TOO_MANY_PENDING);
+        return Served::Refused(conn, Refusal::Unavailable(Unavailable::TooManyPending));
     }
     let cfg = shard.config();
     let body_ch = shard.create_local(cfg.buffer_bytes, cfg.ingress_timeout());

@@ -312,7 +312,7 @@ async fn stream_response(
                 let (res, buf) = send_segments(conn, chunk.buf, &ranges).await;
                 if res.is_ok() {
                     body_sent += len;
-                    ch.add_forwarded(chunk.payload_bytes, chunk.frames as u64);
+                    ch.add_forwarded(shard.stats(), chunk.payload_bytes, chunk.frames as u64);
                 }
                 ch.reader_wrote(Some(buf), chunk.cost, res.is_ok(), &shard.pool);
             }

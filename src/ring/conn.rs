@@ -14,16 +14,25 @@ pub struct Conn {
     /// Which request the connection serves (keep-alive): deadlines armed for an earlier
     /// one no longer apply (see `Watchdog`).
     request: std::cell::Cell<u32>,
+    /// The peer's address, for log lines (kept from the accept: after a reset the kernel
+    /// no longer tells it).
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    pub fn new(stream: TcpStream, peer: Option<std::net::SocketAddr>) -> Conn {
         // Both sides stream small frames too; never let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         Conn {
             stream,
             request: std::cell::Cell::new(0),
+            peer,
         }
+    }
+
+    /// The peer's address as accepted.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
     }
 
     /// The connection goes on to its next request: watchdogs armed before now (a close
@@ -37,9 +46,9 @@ impl Conn {
         self.request.get()
     }
 
-    /// Adopts a connection handed over from another shard.
-    pub fn from_std(std: std::net::TcpStream) -> Conn {
-        Conn::new(TcpStream::from_std(std))
+    /// Adopts a connection handed over from another shard (`peer`: as it was accepted).
+    pub fn from_std(std: std::net::TcpStream, peer: Option<std::net::SocketAddr>) -> Conn {
+        Conn::new(TcpStream::from_std(std), peer)
     }
 
     /// Reads up to `max` bytes appended to `buf` (into its spare capacity, reserved if

@@ -69,6 +69,6 @@ impl Listener {
 
     pub async fn accept(&self) -> io::Result<(super::Conn, SocketAddr)> {
         let (s, a) = self.inner.accept().await?;
-        Ok((super::Conn::new(s), a))
+        Ok((super::Conn::new(s, Some(a)), a))
     }
 }

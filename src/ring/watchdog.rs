@@ -183,7 +183,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
         let (ours, _) = listener.accept().expect("accept");
-        (Rc::new(Conn::from_std(ours)), peer)
+        (Rc::new(Conn::from_std(ours, None)), peer)
     }
 
     /// Reads once: `Some(0)` is EOF (the watchdog cut the read side).

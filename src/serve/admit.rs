@@ -20,8 +20,9 @@ impl ConnGuard {
     pub fn admit(shared: &Arc<Shared>, shard: usize) -> Option<ConnGuard> {
         let total = shared.connections.fetch_add(1, Relaxed);
         let on_shard = shared.shard_connections[shard].fetch_add(1, Relaxed);
-        METRICS.connections_active.fetch_add(1, Relaxed);
-        METRICS.connections_total.fetch_add(1, Relaxed);
+        let stats = &shared.stats[shard];
+        stats.connections_active.fetch_add(1, Relaxed);
+        stats.connections_total.fetch_add(1, Relaxed);
         let g = ConnGuard {
             shared: shared.clone(),
             shard,
@@ -35,7 +36,8 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.shared.connections.fetch_sub(1, Relaxed);
         self.shared.shard_connections[self.shard].fetch_sub(1, Relaxed);
-        METRICS.connections_active.fetch_sub(1, Relaxed);
+        let stats = &self.shared.stats[self.shard];
+        stats.connections_active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -47,6 +49,7 @@ pub struct ControlGuard {
 impl ControlGuard {
     /// Admits a control connection, or `None` at `max_control_connections`.
     pub fn admit(shared: &Arc<Shared>) -> Option<ControlGuard> {
+        METRICS.control_connections_total.fetch_add(1, Relaxed);
         let open = shared.control_connections.fetch_add(1, Relaxed);
         let g = ControlGuard {
             shared: shared.clone(),

@@ -10,7 +10,7 @@ use super::request::{refuse, serve_requests, Handler, HeadLimits};
 use crate::channel::Shard;
 use crate::config::MAX_CONTROL_BODY_BYTES;
 use crate::control::{api, events};
-use crate::error::Refusal;
+use crate::error::{Refusal, Unavailable};
 use crate::http::Served;
 use crate::ring::{Conn, Watchdog};
 use crate::wire::head::RequestHead;
@@ -21,7 +21,7 @@ const BODY_READ_BYTES: usize = 4096;
 /// Serves a control connection until the client closes it (keep-alive).
 pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
     let Some(_guard) = ControlGuard::admit(&shard.shared) else {
-        let refusal = Refusal::Unavailable("control connection limit reached");
+        let refusal = Refusal::Unavailable(Unavailable::ControlConnectionLimit);
         return refuse(&conn, refusal).await;
     };
     let limits = HeadLimits::from_config(shard.config());
@@ -88,6 +88,9 @@ impl Handler for ControlRequests {
             };
         }
         let resp = api::handle(&self.shard, &head.method, &head.path, auth, &body).await;
+        if let Some(refusal) = &resp.refusal {
+            crate::oplog::refused(conn.peer(), refusal);
+        }
         // A client without the token gets one answer, not a connection to keep guessing on.
         let close = close || resp.status == 401;
         if conn.write_all(resp.render(close)).await.is_err() || close {

@@ -9,7 +9,7 @@ use super::admit::ConnGuard;
 use super::request::{refuse, serve_requests, Handler, HeadLimits};
 use super::thread::Dispatch;
 use crate::channel::{owner_of, Kind, Shard};
-use crate::error::{Refusal, StreamEnd};
+use crate::error::{Refusal, StreamEnd, Unavailable};
 use crate::http::reader::{run_http_reader, ClientWatch};
 use crate::http::writer::run_http_writer;
 use crate::http::{ingress, Served};
@@ -35,7 +35,7 @@ pub enum Mode {
 pub async fn serve_connection(dispatch: Rc<Dispatch>, conn: Conn) {
     let shard = &dispatch.shard;
     let Some(guard) = ConnGuard::admit(&shard.shared, shard.index) else {
-        return refuse(&conn, Refusal::Unavailable("connection limit reached")).await;
+        return refuse(&conn, Refusal::Unavailable(Unavailable::ConnectionLimit)).await;
     };
     let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {
@@ -78,7 +78,7 @@ impl Handler for DataRequests {
                 Err(e) => return Served::Refused(conn, Refusal::BadRequest(e.reason())),
             };
             if shard.shared.draining.load(Relaxed) {
-                return Served::Refused(conn, Refusal::Unavailable("relay is draining"));
+                return Served::Refused(conn, Refusal::Unavailable(Unavailable::Draining));
             }
             // Served here: its channels are created on this shard. Boxed: routed requests
             // are the rare case, and their state would otherwise size the task of every
@@ -97,6 +97,7 @@ impl Handler for DataRequests {
         }
         // The connection's only holder is this request (the head watchdog holds a weak
         // reference): detach it from this ring and send it to the owner.
+        let peer = conn.peer();
         let std = Rc::try_unwrap(conn)
             .map_err(|_| ())
             .and_then(|c| c.into_std().map_err(|_| ()));
@@ -105,6 +106,7 @@ impl Handler for DataRequests {
                 owner,
                 Handoff {
                     conn,
+                    peer,
                     head,
                     target,
                     mode,
@@ -168,6 +170,8 @@ fn route(shard: &Shard, head: &RequestHead) -> Result<(ChannelTarget, Mode), Ref
 /// needs to serve it (the socket, detached from the accepting shard's ring).
 pub struct Handoff {
     conn: std::net::TcpStream,
+    /// The peer's address as accepted (for log lines).
+    peer: Option<std::net::SocketAddr>,
     head: RequestHead,
     target: ChannelTarget,
     mode: Mode,
@@ -179,7 +183,7 @@ pub struct Handoff {
 /// On the owner shard, for a handed-over connection: serve it, then any further requests.
 pub async fn serve_handoff(dispatch: Rc<Dispatch>, h: Handoff) {
     let shard = &dispatch.shard;
-    let conn = Rc::new(Conn::from_std(h.conn));
+    let conn = Rc::new(Conn::from_std(h.conn, h.peer));
     let served = attach(&dispatch, conn, &h.head, &h.target, h.mode, h.leftover).await;
     let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {

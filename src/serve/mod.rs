@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 use self::thread::{run_shard, ShardSetup};
 use crate::channel::{Command, Shared};
 use crate::config::Config;
+use crate::health::Heartbeat;
+use crate::metrics::ShardMetrics;
 use crate::ring;
 use crate::subscribers::Subscribers;
 
@@ -98,6 +100,8 @@ pub fn start(config: Config) -> std::io::Result<Running> {
         commands,
         routes: Default::default(),
         subscribers,
+        stats: (0..n).map(|_| ShardMetrics::new()).collect(),
+        heartbeats: (0..n).map(|_| Heartbeat::new()).collect(),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let inboxes = command_inboxes.into_iter().zip(handoff_inboxes);

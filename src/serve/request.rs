@@ -16,7 +16,6 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::Refusal;
 use crate::http::Served;
-use crate::metrics::METRICS;
 use crate::ring::{Conn, Cut, Watchdog};
 use crate::wire::head::{parse_request_head, HeadError, RequestHead};
 
@@ -121,9 +120,7 @@ pub(crate) async fn serve_requests<H: Handler>(
 
 /// Answers a refusal and closes the connection.
 pub async fn refuse(conn: &Conn, refusal: Refusal) {
-    let (status, _, _) = refusal.status();
-    METRICS.count_refusal(status);
-    tracing::debug!(status, "refused");
+    crate::oplog::refused(conn.peer(), &refusal);
     let _ = conn.write_all(refusal.response()).await;
     conn.shutdown();
 }
@@ -131,8 +128,7 @@ pub async fn refuse(conn: &Conn, refusal: Refusal) {
 /// Refuses a body where none is taken (see the module's rule), then closes.
 async fn refuse_body(conn: &Conn, dog: &Watchdog) {
     let refusal = Refusal::BodyNotAllowed;
-    METRICS.count_refusal(refusal.status().0);
-    tracing::debug!("refused a body where none is taken");
+    crate::oplog::refused(conn.peer(), &refusal);
     if conn.write_all(refusal.response()).await.is_ok() {
         conn.shutdown_write();
         // A close with unread bytes sends a reset, which can cost the client the answer.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::data::{serve_connection, serve_handoff, Handoff};
 use crate::channel::{Command, Shard, Shared};
-use crate::metrics::METRICS;
+use crate::health::HEARTBEAT_PERIOD;
 use crate::ring::{self, Conn, Listener};
 
 /// Pause after a failed accept (EMFILE and friends) instead of spinning on it.
@@ -29,7 +29,8 @@ pub struct Dispatch {
 impl Dispatch {
     /// Sends a connection to the shard that owns its channel.
     pub fn hand_off(&self, owner: usize, h: Handoff) {
-        METRICS
+        let stats = self.shard.stats();
+        stats
             .handoffs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.handoffs[owner].send(h).is_err() {
@@ -58,7 +59,16 @@ pub async fn run_shard(shared: Arc<Shared>, setup: ShardSetup) {
         mut handoffs_in,
         handoffs,
     } = setup;
-    let shard = Rc::new(Shard::new(index, shared));
+    // Marks the shard failing in `/healthz` if this thread's loop ends (or unwinds).
+    let _alive = shared.heartbeats[index].alive();
+    let beats = shared.clone();
+    ring::spawn(async move {
+        loop {
+            beats.heartbeats[index].beat();
+            tokio::time::sleep(HEARTBEAT_PERIOD).await;
+        }
+    });
+    let shard = Rc::new(Shard::new(index, shared.clone()));
     let dispatch = Rc::new(Dispatch {
         shard: shard.clone(),
         ingress: Default::default(),

@@ -10,6 +10,7 @@
 //! | [`http`] | a tiny blocking HTTP/1.1 client ([`http_request`], [`request_on`]), the one response-head reader and parser ([`read_head_into`], [`Head`]) and a streaming response reader ([`HttpConn`]) |
 //! | [`ws`] | a raw WebSocket client ([`Ws`], [`ws_connect`], [`ws_handshake`]), frame builders ([`encode_frame`], [`frame`], [`close_payload`]) and `Sec-WebSocket-Accept` ([`accept_for`]) |
 //! | [`tcp`] | connecting with the suite's timeouts ([`tcp_connect`], [`IO_TIMEOUT`]), raw exchanges ([`raw_exchange`], [`RawEnd`]), `tcp_info` counters |
+//! | [`process`] | child process groups ended together ([`stop_process_group`]); one thread of a process stopped in place ([`StoppedThread`]) |
 //! | [`data`] | payloads: random bytes, a shared pseudo-random block ([`chunk`]), seeded patterns ([`pattern`]) |
 //!
 //! plus [`wait_for`] (poll until something holds) and [`temp_dir`].
