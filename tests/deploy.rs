@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use chanrelay::config::{Config, DEFAULT_DRAIN_TIMEOUT_S, MAX_SHARDS};
 use chanrelay::serve::{fds_needed, DRAIN_FLUSH};
@@ -238,23 +237,7 @@ fn the_units_syscall_filter_runs_the_relay() {
         "--",
     ];
     let mut relay = RELAY.spawn_wrapped(&wrapper, None, &[]);
-    let ch = relay.create();
-    let mut r = relay.connect(&ch, "read");
-    let mut w = relay.connect(&ch, "write");
-    let payload = pattern(64 << 10, 3);
-    w.send_binary(&payload);
-    assert_eq!(r.expect_frame("reader").payload, payload);
-    writer_finish(&mut w, "writer");
-    drop((r, w));
-    relay.assert_healthy("under the unit's SystemCallFilter");
-    relay.signal("TERM");
-    let status = relay.wait_exit(Duration::from_secs(40));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        relay.log_tail()
-    );
+    relay.assert_streams_and_drains(64 << 10, "under the unit's SystemCallFilter");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

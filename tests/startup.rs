@@ -260,21 +260,5 @@ fn the_shipped_seccomp_profile_runs_the_relay() {
         status.lines().any(|l| l == "Seccomp:\t2"),
         "relay not under a seccomp filter:\n{status}"
     );
-    let ch = relay.create();
-    let mut r = relay.connect(&ch, "read");
-    let mut w = relay.connect(&ch, "write");
-    let payload = pattern(256 << 10, 7);
-    w.send_binary(&payload);
-    assert_eq!(r.expect_frame("reader").payload, payload);
-    writer_finish(&mut w, "writer");
-    drop((r, w));
-    relay.assert_healthy("under the seccomp profile");
-    relay.signal("TERM");
-    let status = relay.wait_exit(Duration::from_secs(40));
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        relay.log_tail()
-    );
+    relay.assert_streams_and_drains(256 << 10, "under the seccomp profile");
 }

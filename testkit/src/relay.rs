@@ -385,6 +385,29 @@ impl Relay {
         );
     }
 
+    /// Streams `bytes` through one fresh channel (byte-exact, clean end), then drains the
+    /// relay with SIGTERM and expects exit status 0 — a relay run under some constraint
+    /// (a seccomp filter, limits) still does its whole job.
+    pub fn assert_streams_and_drains(&mut self, bytes: usize, what: &str) {
+        let ch = self.create();
+        let mut r = self.connect(&ch, "read");
+        let mut w = self.connect(&ch, "write");
+        let payload = crate::pattern(bytes, 7);
+        w.send_binary(&payload);
+        assert_eq!(r.expect_frame("reader").payload, payload, "{what}");
+        crate::writer_finish(&mut w, "writer");
+        drop((r, w));
+        self.assert_healthy(what);
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(40));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{what}: drain did not exit 0\n{}",
+            self.log_tail()
+        );
+    }
+
     /// Resident set size in KiB (VmRSS from /proc/PID/status).
     pub fn rss_kib(&self) -> u64 {
         proc_status_field(self.pid(), "VmRSS:").unwrap_or(0)

@@ -308,6 +308,28 @@ async fn wait_gone(control: &str, id: &str) -> Result<Duration, String> {
     ))
 }
 
+/// A writer that writes 64 KiB chunks until a write fails (at most 1 GiB): the bytes it got
+/// out and the error, or an error if nothing stopped it.
+fn spawn_endless_writer(
+    base: &str,
+    r: StreamChannelRef,
+    seed: u64,
+) -> tokio::task::JoinHandle<Result<(usize, String), String>> {
+    let base = base.to_owned();
+    tokio::spawn(async move {
+        let w = ChannelWriter::new(&base, &r);
+        let chunk = make_payload(seed, 64 * 1024);
+        let mut sent = 0usize;
+        while sent < 1024 * MIB {
+            if let Err(e) = w.write(&chunk).await {
+                return Ok((sent, e.to_string()));
+            }
+            sent += chunk.len();
+        }
+        Err(format!("writer wrote {sent} B and was never stopped"))
+    })
+}
+
 // ---------------------------------------------------------------- cases
 
 async fn case_reader_first(base: String, control: String) -> CaseResult {
@@ -437,22 +459,7 @@ async fn case_abort_streaming(base: String, control: String) -> CaseResult {
         s["reader_connected"] == true
     })
     .await?;
-    let wref = sdk_ref(&ch, "writer")?;
-    let b = base.clone();
-    let writer = tokio::spawn(async move {
-        let w = ChannelWriter::new(&b, &wref);
-        let chunk = make_payload(7, 64 * 1024);
-        let mut sent = 0usize;
-        while sent < 1024 * MIB {
-            if let Err(e) = w.write(&chunk).await {
-                return Ok((sent, e.to_string()));
-            }
-            sent += chunk.len();
-        }
-        Err(format!(
-            "writer wrote {sent} B after DELETE without an error"
-        ))
-    });
+    let writer = spawn_endless_writer(&base, sdk_ref(&ch, "writer")?, 7);
     wait_state(&control, &id, "1 MiB forwarded", |s| {
         s["bytes_forwarded"].as_u64().unwrap_or(0) >= MIB as u64
     })
@@ -493,22 +500,7 @@ async fn case_reader_gone(base: String, control: String) -> CaseResult {
     let ch = create_channel(&control, None).await?;
     let id = ch["channel_id"].as_str().unwrap_or_default().to_owned();
     let reader = ChannelReader::new(&base, &sdk_ref(&ch, "reader")?);
-    let wref = sdk_ref(&ch, "writer")?;
-    let b = base.clone();
-    let writer = tokio::spawn(async move {
-        let w = ChannelWriter::new(&b, &wref);
-        let chunk = make_payload(9, 64 * 1024);
-        let mut sent = 0usize;
-        while sent < 1024 * MIB {
-            if let Err(e) = w.write(&chunk).await {
-                return Ok((sent, e.to_string()));
-            }
-            sent += chunk.len();
-        }
-        Err(format!(
-            "writer wrote {sent} B after the reader left without an error"
-        ))
-    });
+    let writer = spawn_endless_writer(&base, sdk_ref(&ch, "writer")?, 9);
     let mut got = 0;
     while got < 256 * 1024 {
         match reader.next_binary().await {
