@@ -12,6 +12,8 @@ pub struct Metrics {
     pub channels_active: AtomicI64,
     pub connections_active: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Control-API connections accepted (a keep-alive client opens one for many requests).
+    pub control_connections_total: AtomicU64,
     pub bytes_forwarded: AtomicU64,
     pub frames_forwarded: AtomicU64,
     pub handoffs: AtomicU64,
@@ -36,6 +38,7 @@ pub static METRICS: Metrics = Metrics {
     channels_active: AtomicI64::new(0),
     connections_active: AtomicI64::new(0),
     connections_total: AtomicU64::new(0),
+    control_connections_total: AtomicU64::new(0),
     bytes_forwarded: AtomicU64::new(0),
     frames_forwarded: AtomicU64::new(0),
     handoffs: AtomicU64::new(0),
@@ -102,6 +105,12 @@ impl Metrics {
             "counter",
             "Data-plane connections accepted.",
             self.connections_total.load(Relaxed).to_string(),
+        );
+        one(
+            "chanrelay_control_connections_total",
+            "counter",
+            "Control-API connections accepted.",
+            self.control_connections_total.load(Relaxed).to_string(),
         );
         one(
             "chanrelay_bytes_forwarded_total",

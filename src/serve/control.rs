@@ -4,6 +4,7 @@
 //! shard accepts control connections; where a new channel goes is `control::api`'s choice.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::admit::ControlGuard;
 use super::request::{refuse, serve_requests, Handler, HeadLimits};
@@ -12,6 +13,7 @@ use crate::config::MAX_CONTROL_BODY_BYTES;
 use crate::control::{api, events};
 use crate::error::Refusal;
 use crate::http::Served;
+use crate::metrics::METRICS;
 use crate::ring::{Conn, Watchdog};
 use crate::wire::head::RequestHead;
 
@@ -20,6 +22,8 @@ const BODY_READ_BYTES: usize = 4096;
 
 /// Serves a control connection until the client closes it (keep-alive).
 pub async fn serve_connection(shard: Rc<Shard>, conn: Conn) {
+    // Counted at accept, refused or not: what a client's connection reuse is measured by.
+    METRICS.control_connections_total.fetch_add(1, Relaxed);
     let Some(_guard) = ControlGuard::admit(&shard.shared) else {
         let refusal = Refusal::Unavailable("control connection limit reached");
         return refuse(&conn, refusal).await;
