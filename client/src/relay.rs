@@ -510,3 +510,48 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body)
         .map_err(|e| Error::Protocol(format!("unexpected control API response: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Direction;
+
+    #[test]
+    fn debug_never_prints_a_token_or_key() {
+        let relay = Relay::new("http://h:1", "ws://h:2").with_token("tok-SECRET-1");
+        let writer_ref = ChannelRef {
+            channel_id: "c1".into(),
+            access_key: "key-SECRET-2".into(),
+            direction: Direction::Write,
+        };
+        let reader_ref = ChannelRef {
+            access_key: "key-SECRET-3".into(),
+            direction: Direction::Read,
+            ..writer_ref.clone()
+        };
+        let channel = Channel {
+            writer: relay.writer(&writer_ref),
+            reader: relay.reader(&reader_ref),
+            writer_ref,
+            reader_ref,
+        };
+        let minter = crate::Minter::new("signing-SECRET-4");
+        let minted = minter.mint("c2", Duration::from_secs(60));
+        for text in [
+            format!("{relay:?}"),
+            format!("{relay:#?}"),
+            format!("{channel:?}"),
+            format!("{:?}", channel.writer),
+            format!("{:?}", channel.reader),
+            format!("{minter:?}"),
+            format!("{minted:?}"),
+        ] {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(!text.contains(&minted.writer.access_key), "{text}");
+        }
+        assert!(format!("{relay:?}").contains("<redacted>"));
+        assert!(format!("{channel:?}").contains("c1"));
+        // No token: nothing to hide, and it says so.
+        assert!(format!("{:?}", Relay::new("http://h:1", "ws://h:2")).contains("token: None"));
+    }
+}

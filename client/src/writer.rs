@@ -289,6 +289,25 @@ impl ChannelWriter {
         poll_fn(|cx| self.poll_flush_inner(cx)).await
     }
 
+    /// Sends what `AsyncWrite` gathered (a partial frame) and what is left of a `Sink` item,
+    /// then flushes the socket. (The same as `AsyncWriteExt::flush` and `SinkExt::flush`,
+    /// without having to pick one when both traits are in scope.)
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tokio::io::AsyncWriteExt;
+    /// # async fn example(mut writer: chanrelay_client::ChannelWriter) -> chanrelay_client::Result<()> {
+    /// writer.write_all(b"progress: 10%\n").await?; // gathered, not sent yet
+    /// writer.flush().await?; // sent now, as one frame
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_send_buffered(cx)).await?;
+        poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
     /// Ends the stream cleanly: sends Close `1000` and waits for the relay's Close reply,
     /// which the relay sends once everything written has been handed on. The reader then
     /// sees a normal end of stream. A writer that was never used connects first, so the
