@@ -23,6 +23,12 @@
 //!
 //! `Debug` output never shows an access key, a bearer token or a signing secret.
 //!
+//! Timeouts: opening a connection (TCP, TLS, and for an end the WebSocket handshake) is
+//! limited to [`DEFAULT_CONNECT_TIMEOUT`] (10 s) and one control call to
+//! [`DEFAULT_REQUEST_TIMEOUT`] (30 s); both are set per handle
+//! ([`Relay::with_connect_timeout`], [`Relay::with_request_timeout`],
+//! [`ChannelWriter::with_connect_timeout`], [`ChannelReader::with_connect_timeout`]).
+//!
 //! Both ends connect lazily, on first use. An abnormal end of the stream (the writer
 //! vanished, the channel was aborted, the connection broke) is an [`Error::Closed`] with the
 //! relay's close code and reason — never a silent short read. Refusals before the WebSocket
@@ -89,6 +95,11 @@ pub use relay::{
 pub use tls::Tls;
 pub use writer::{ChannelWriter, MAX_FRAME_BYTES};
 pub use ws::DEFAULT_CONNECT_TIMEOUT;
+
+// The README's examples compile (and the runnable ones run) with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {
