@@ -1,68 +1,7 @@
-//! Channel refs: the small JSON tokens that name one end of a channel.
+//! Channel refs (the small JSON tokens that name one end of a channel) and channel URLs.
 
-use serde::{Deserialize, Serialize};
-
-/// Which end of a channel a [`ChannelRef`] names.
-///
-/// Serialized as `"read"` / `"write"`, as in the iii engine's `StreamChannelRef`.
-///
-/// # Example
-///
-/// ```
-/// use chanrelay_client::Direction;
-/// assert_eq!(serde_json::to_string(&Direction::Read).unwrap(), "\"read\"");
-/// assert_eq!(Direction::Write.as_str(), "write");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// The reader end.
-    Read,
-    /// The writer end.
-    Write,
-}
-
-impl Direction {
-    /// The value used in JSON and in the `dir` query parameter.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// assert_eq!(chanrelay_client::Direction::Read.as_str(), "read");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Read => "read",
-            Direction::Write => "write",
-        }
-    }
-}
-
-/// A serializable token for one end of a channel, exactly the iii engine's
-/// `StreamChannelRef`: `{"channel_id": "...", "access_key": "...", "direction": "read"|"write"}`.
-///
-/// Pass it (as JSON) to whoever should open that end, which then builds a
-/// [`ChannelWriter`](crate::ChannelWriter) or [`ChannelReader`](crate::ChannelReader) from it.
-///
-/// # Example
-///
-/// ```
-/// use chanrelay_client::{ChannelRef, Direction};
-///
-/// let json = r#"{"channel_id":"6f1c","access_key":"k3y","direction":"read"}"#;
-/// let r: ChannelRef = serde_json::from_str(json).unwrap();
-/// assert_eq!(r.direction, Direction::Read);
-/// assert_eq!(serde_json::to_string(&r).unwrap(), json);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ChannelRef {
-    /// The channel's id (a UUID chosen by the relay or the engine).
-    pub channel_id: String,
-    /// The secret that admits this end.
-    pub access_key: String,
-    /// Which end this ref is for.
-    pub direction: Direction,
-}
+// One definition for the relay, minters and this client.
+pub use chanrelay_refs::{ChannelRef, Direction};
 
 /// The name the iii SDKs use for [`ChannelRef`].
 ///

@@ -1,16 +1,29 @@
-//! A minimal HTTP/1.1 client for the control API: one request per connection
-//! (`Connection: close`), `Content-Length`, chunked or close-delimited response bodies.
+//! A minimal HTTP/1.1 client for the control API: one keep-alive connection per
+//! [`Relay`](crate::Relay), `Content-Length`, chunked or close-delimited response bodies.
+//!
+//! Retry rule (at most one retry, always on a new connection, only after a *reused*
+//! connection failed — a fresh connection's failure is reported as it is):
+//! - a kept connection found closed (or with unexpected bytes) before the request is sent
+//!   is replaced; nothing was sent, so this holds for every method;
+//! - the request could not be written in full: a relay does not act on a partial request
+//!   (it waits for the rest of the head or the `Content-Length` body), so it is sent again,
+//!   whatever the method;
+//! - the request was written and the connection ended before any byte of the response (the
+//!   relay closed it as idle just as the request went out): sent again only for `GET` and
+//!   `DELETE`, which do the same thing twice. A `POST` (create) is not: the relay may have
+//!   created the channel, and a second one would leak; the error says so.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::tls::Tls;
-use crate::ws::{open, parse_target, Stream};
+use crate::ws::{open_within, parse_target, timed_out, Stream, Target};
 
-/// Whole-request time limit.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response head / body accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -20,76 +33,195 @@ pub(crate) struct Response {
     pub body: Vec<u8>,
 }
 
-/// Sends `method base_url+path` with an optional JSON body.
-pub(crate) async fn request(
-    base_url: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    json_body: Option<&[u8]>,
-    tls: &Tls,
-) -> Result<Response> {
-    match tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        request_inner(base_url, method, path, token, json_body, tls),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "control API request timed out",
-        ))),
+/// One control request.
+pub(crate) struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub token: Option<&'a str>,
+    pub json_body: Option<&'a [u8]>,
+}
+
+/// Where and how a request is sent.
+pub(crate) struct Endpoint<'a> {
+    pub base_url: &'a str,
+    pub tls: &'a Tls,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// The kept connection. Requests take turns on it (the lock is held for a whole exchange);
+/// a request that fails or is cancelled midway drops it, so a half-read response is never
+/// taken for the next one's.
+#[derive(Default)]
+pub(crate) struct KeepAlive {
+    conn: Mutex<Option<Stream>>,
+}
+
+/// How far an exchange got before it failed: decides whether it may be sent again.
+enum Failed {
+    /// Not all of the request was written.
+    Write(Error),
+    /// Written; the connection ended before any byte of the response.
+    NoResponse(Error),
+    /// Anything else (a response started, or a protocol error).
+    Other(Error),
+}
+
+impl KeepAlive {
+    /// Sends `req` and reads its response, within the endpoint's request timeout.
+    pub(crate) async fn send(&self, ep: &Endpoint<'_>, req: &Request<'_>) -> Result<Response> {
+        match tokio::time::timeout(ep.request_timeout, self.send_inner(ep, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out("control API request timed out")),
+        }
+    }
+
+    async fn send_inner(&self, ep: &Endpoint<'_>, req: &Request<'_>) -> Result<Response> {
+        let target = parse_target(ep.base_url)?;
+        let bytes = encode_request(&target, req)?;
+        let mut slot = self.conn.lock().await;
+        // Taken out while in use: dropped with this future if it is cancelled.
+        let mut kept = slot
+            .take()
+            .and_then(|mut s| still_open(&mut s).then_some(s));
+        loop {
+            let reused = kept.is_some();
+            let mut stream = match kept.take() {
+                Some(s) => s,
+                None => open_within(&target, ep.tls, ep.connect_timeout).await?,
+            };
+            let err = match exchange(&mut stream, &bytes, req.method).await {
+                Ok((resp, keep)) => {
+                    if keep {
+                        *slot = Some(stream);
+                    }
+                    return Ok(resp);
+                }
+                Err(f) => f,
+            };
+            let retry = reused
+                && match &err {
+                    Failed::Write(_) => true,
+                    Failed::NoResponse(_) => matches!(req.method, "GET" | "DELETE"),
+                    Failed::Other(_) => false,
+                };
+            match err {
+                _ if retry => continue,
+                Failed::NoResponse(e) if req.method == "POST" => {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        format!(
+                            "control connection closed before the response ({e}); the request \
+                             may have been carried out, so it was not sent again"
+                        ),
+                    )))
+                }
+                Failed::Write(e) | Failed::NoResponse(e) | Failed::Other(e) => return Err(e),
+            }
+        }
     }
 }
 
-async fn request_inner(
-    base_url: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    json_body: Option<&[u8]>,
-    tls: &Tls,
-) -> Result<Response> {
-    let target = parse_target(base_url)?;
+/// Whether a kept connection can take another request: nothing readable (no EOF, no
+/// stray bytes) right now. Polled once without waiting.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut probe = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // Pending: nothing to read, the connection is idle and open. EOF, an error or a stray
+    // byte: not reusable.
+    matches!(
+        Pin::new(stream).poll_read(&mut cx, &mut probe),
+        Poll::Pending
+    )
+}
+
+fn encode_request(target: &Target, req: &Request<'_>) -> Result<Vec<u8>> {
     let prefix = target.uri.path().trim_end_matches('/');
     let authority = target
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_else(|| target.host.clone());
-
+    let (method, path) = (req.method, req.path);
+    // HTTP/1.1 keeps the connection open by default.
     let mut head = format!(
         "{method} {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\n\
-         User-Agent: chanrelay-client/{}\r\nAccept: application/json\r\nConnection: close\r\n",
+         User-Agent: chanrelay-client/{}\r\nAccept: application/json\r\n",
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(token) = token {
+    if let Some(token) = req.token {
         if token.contains(['\r', '\n']) {
             return Err(Error::Protocol("control token contains CR/LF".into()));
         }
         head.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
-    let body = json_body.unwrap_or_default();
-    if json_body.is_some() {
+    let body = req.json_body.unwrap_or_default();
+    if req.json_body.is_some() {
         head.push_str("Content-Type: application/json\r\n");
     }
-    if json_body.is_some() || method == "POST" || method == "PUT" {
+    if req.json_body.is_some() || method == "POST" || method == "PUT" {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-
-    let mut stream = open(&target, tls).await?;
     let mut out = head.into_bytes();
     out.extend_from_slice(body);
-    stream.write_all(&out).await?;
+    Ok(out)
+}
 
-    // Read the head.
+/// Writes the request and reads the response; `Ok((response, keep))` where `keep` says the
+/// connection can serve another request.
+async fn exchange(
+    stream: &mut Stream,
+    request: &[u8],
+    method: &str,
+) -> std::result::Result<(Response, bool), Failed> {
+    if let Err(e) = write_request(stream, request).await {
+        return Err(Failed::Write(e.into()));
+    }
     let mut buf = Vec::with_capacity(4096);
-    let (status, head_len, framing) = loop {
+    match read_response(stream, &mut buf, method).await {
+        Ok(r) => Ok(r),
+        // Nothing of a response came: the relay closed the connection (or reset it).
+        Err(e) if buf.is_empty() && is_closed(&e) => Err(Failed::NoResponse(e)),
+        Err(e) => Err(Failed::Other(e)),
+    }
+}
+
+async fn write_request(stream: &mut Stream, request: &[u8]) -> std::io::Result<()> {
+    stream.write_all(request).await?;
+    stream.flush().await
+}
+
+fn is_closed(e: &Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        Error::Io(e) => matches!(
+            e.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ),
+        Error::Closed { .. } => true,
+        _ => false,
+    }
+}
+
+/// The error for a connection that ended before a complete response head.
+fn closed_before_head() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "connection closed before a complete HTTP response head",
+    ))
+}
+
+async fn read_response(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    method: &str,
+) -> Result<(Response, bool)> {
+    let (status, head_len, framing, mut keep) = loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
+        match resp.parse(buf) {
             Ok(httparse::Status::Complete(n)) => {
                 let status = resp.code.unwrap_or(0);
                 let framing = body_framing(resp.headers)?;
@@ -98,7 +230,8 @@ async fn request_inner(
                     buf.drain(..n);
                     continue;
                 }
-                break (status, n, framing);
+                let keep = resp.version == Some(1) && !connection_close(resp.headers);
+                break (status, n, framing, keep);
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(Error::Protocol(format!("bad HTTP response: {e}"))),
@@ -106,15 +239,15 @@ async fn request_inner(
         if buf.len() > MAX_HEAD_BYTES {
             return Err(Error::Protocol("HTTP response head too large".into()));
         }
-        if read_more(&mut stream, &mut buf).await? == 0 {
-            return Err(Error::Protocol(
-                "connection closed before a complete HTTP response head".into(),
-            ));
+        if read_more(stream, buf).await? == 0 {
+            return Err(closed_before_head());
         }
     };
     buf.drain(..head_len);
+    let mut buf = std::mem::take(buf);
 
     let body = if method == "HEAD" || status == 204 || status == 304 {
+        keep &= buf.is_empty();
         Vec::new()
     } else {
         match framing {
@@ -123,20 +256,27 @@ async fn request_inner(
                     return Err(Error::Protocol("HTTP response body too large".into()));
                 }
                 while buf.len() < n {
-                    if read_more(&mut stream, &mut buf).await? == 0 {
+                    if read_more(stream, &mut buf).await? == 0 {
                         return Err(Error::Protocol("truncated HTTP response body".into()));
                     }
                 }
+                // Bytes past the body were never asked for: the connection is not clean.
+                keep &= buf.len() == n;
                 buf.truncate(n);
                 buf
             }
-            Framing::Chunked => read_chunked(&mut stream, buf).await?,
+            Framing::Chunked => {
+                let (body, clean) = read_chunked(stream, buf).await?;
+                keep &= clean;
+                body
+            }
             Framing::Close => {
+                keep = false;
                 loop {
                     if buf.len() > MAX_BODY_BYTES {
                         return Err(Error::Protocol("HTTP response body too large".into()));
                     }
-                    if read_more(&mut stream, &mut buf).await? == 0 {
+                    if read_more(stream, &mut buf).await? == 0 {
                         break;
                     }
                 }
@@ -144,7 +284,16 @@ async fn request_inner(
             }
         }
     };
-    Ok(Response { status, body })
+    Ok((Response { status, body }, keep))
+}
+
+fn connection_close(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && String::from_utf8_lossy(h.value)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    })
 }
 
 enum Framing {
@@ -181,8 +330,9 @@ async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<usize> {
     Ok(n)
 }
 
-/// Decodes a chunked body; `buf` holds the bytes already read after the head.
-async fn read_chunked(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+/// Decodes a chunked body; `buf` holds the bytes already read after the head. Also says
+/// whether the body ended exactly where the bytes read end (the connection is reusable).
+async fn read_chunked(stream: &mut Stream, mut buf: Vec<u8>) -> Result<(Vec<u8>, bool)> {
     let mut body = Vec::new();
     let mut pos = 0;
     loop {
@@ -205,8 +355,22 @@ async fn read_chunked(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>> 
             .map_err(|_| Error::Protocol("bad chunk size".into()))?;
         pos = line_end + 2;
         if size == 0 {
-            // Trailers are ignored; the connection is closed after the response anyway.
-            return Ok(body);
+            // Trailer lines (ignored) up to the empty line that ends the body.
+            loop {
+                let Some(i) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() - pos > MAX_HEAD_BYTES {
+                        return Err(Error::Protocol("HTTP trailers too large".into()));
+                    }
+                    if read_more(stream, &mut buf).await? == 0 {
+                        return Err(Error::Protocol("truncated chunked body".into()));
+                    }
+                    continue;
+                };
+                pos += i + 2;
+                if i == 0 {
+                    return Ok((body, pos == buf.len()));
+                }
+            }
         }
         if body.len() + size > MAX_BODY_BYTES {
             return Err(Error::Protocol("HTTP response body too large".into()));

@@ -6,15 +6,28 @@
 //! passed to another task or process; whoever holds it builds a [`ChannelWriter`] or a
 //! [`ChannelReader`] with the relay's data-plane URL and streams through the relay.
 //!
-//! - [`Relay`] talks to the relay's control API: [`Relay::create_channel`] returns a
-//!   [`Channel`] with both local ends and both refs; [`Relay::get_channel`] and
-//!   [`Relay::delete_channel`] inspect and abort channels.
+//! - [`Relay`] talks to the relay's control API over one keep-alive connection:
+//!   [`Relay::create_channel`] returns a [`Channel`] with both local ends and both refs;
+//!   [`Relay::get_channel`] and [`Relay::delete_channel`] inspect and abort channels.
 //! - [`ChannelWriter`] has [`write`](ChannelWriter::write) (split into binary frames of at most
 //!   64 KiB), [`send_message`](ChannelWriter::send_message) (text frames),
-//!   [`close`](ChannelWriter::close), and [`tokio::io::AsyncWrite`].
+//!   [`close`](ChannelWriter::close), [`tokio::io::AsyncWrite`] (small writes gathered into
+//!   64 KiB frames) and [`futures_util::Sink`]`<`[`Bytes`](bytes::Bytes)`>` (no copy).
 //! - [`ChannelReader`] has [`next_binary`](ChannelReader::next_binary),
 //!   [`read_all`](ChannelReader::read_all), [`on_message`](ChannelReader::on_message),
-//!   [`futures_core::Stream`] of [`Bytes`](bytes::Bytes), and [`tokio::io::AsyncRead`].
+//!   [`futures_core::Stream`] of [`Bytes`](bytes::Bytes), [`tokio::io::AsyncRead`], and
+//!   [`next_message`](ChannelReader::next_message) / [`messages`](ChannelReader::messages)
+//!   for text and binary [`Message`]s in arrival order.
+//! - [`mint_ref`] / [`Minter`] (from [`refs`]) sign refs for a relay's `signing_secret`, so an
+//!   engine can hand out refs without a control call.
+//!
+//! `Debug` output never shows an access key, a bearer token or a signing secret.
+//!
+//! Timeouts: opening a connection (TCP, TLS, and for an end the WebSocket handshake) is
+//! limited to [`DEFAULT_CONNECT_TIMEOUT`] (10 s) and one control call to
+//! [`DEFAULT_REQUEST_TIMEOUT`] (30 s); both are set per handle
+//! ([`Relay::with_connect_timeout`], [`Relay::with_request_timeout`],
+//! [`ChannelWriter::with_connect_timeout`], [`ChannelReader::with_connect_timeout`]).
 //!
 //! Both ends connect lazily, on first use. An abnormal end of the stream (the writer
 //! vanished, the channel was aborted, the connection broke) is an [`Error::Closed`] with the
@@ -69,13 +82,24 @@ mod writer;
 mod ws;
 
 pub use chanref::{ChannelRef, Direction, StreamChannelRef};
+/// Refs and signed access keys (the `chanrelay-refs` crate, shared with the relay): mint
+/// refs for a relay's `signing_secret` without calling it.
+pub use chanrelay_refs as refs;
+pub use chanrelay_refs::{mint_ref, mint_ref_for_node, MintedRefs, Minter};
 pub use error::{Error, Result};
-pub use reader::ChannelReader;
+pub use reader::{ChannelReader, Message, Messages};
 pub use relay::{
     Channel, ChannelInfo, ChannelOptions, Relay, DEFAULT_CONTROL_URL, DEFAULT_DATA_URL,
+    DEFAULT_REQUEST_TIMEOUT,
 };
 pub use tls::Tls;
 pub use writer::{ChannelWriter, MAX_FRAME_BYTES};
+pub use ws::DEFAULT_CONNECT_TIMEOUT;
+
+// The README's examples compile (and the runnable ones run) with the doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

@@ -5,12 +5,13 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::ReadBuf;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::chanref::{channel_url, ChannelRef, Direction};
 use crate::error::{from_ws, Error, Result};
@@ -19,6 +20,35 @@ use crate::writer::close_error;
 use crate::ws::{self, Ws};
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws>> + Send>>;
+
+/// One message of a channel, as the writer sent it: a text frame
+/// ([`send_message`](crate::ChannelWriter::send_message)) or a binary frame (data).
+///
+/// # Example
+///
+/// ```no_run
+/// use chanrelay_client::Message;
+/// use futures_util::StreamExt;
+///
+/// # async fn example(mut reader: chanrelay_client::ChannelReader) -> chanrelay_client::Result<()> {
+/// let mut messages = reader.messages();
+/// while let Some(msg) = messages.next().await {
+///     match msg? {
+///         Message::Text(text) => println!("message: {text}"),
+///         Message::Binary(data) => println!("{} bytes", data.len()),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A text frame.
+    Text(String),
+    /// A binary frame (one item per frame the writer sent, at most 64 KiB each from the
+    /// iii SDKs and this crate).
+    Binary(Bytes),
+}
 type Callback = Box<dyn FnMut(String) + Send>;
 
 enum State {
@@ -35,7 +65,8 @@ enum State {
 
 /// The reader end of a channel: binary data via [`next_binary`](Self::next_binary),
 /// [`read_all`](Self::read_all), [`Stream`] or [`tokio::io::AsyncRead`]; text messages via
-/// [`on_message`](Self::on_message) callbacks.
+/// [`on_message`](Self::on_message) callbacks; or both, in arrival order, as [`Message`]s
+/// from [`next_message`](Self::next_message) or the [`messages`](Self::messages) stream.
 ///
 /// The WebSocket is opened lazily, on the first read. Binary frames arrive exactly as the
 /// writer sent them (one item per frame). The stream ends (`Ok(None)`, `None`, or EOF) only
@@ -101,6 +132,7 @@ pub struct ChannelReader {
     stream_finished: bool,
     /// Whom to trust on a `wss://` base URL.
     tls: Tls,
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for ChannelReader {
@@ -153,12 +185,21 @@ impl ChannelReader {
             callbacks: Vec::new(),
             pending: Bytes::new(),
             stream_finished: false,
+            connect_timeout: crate::ws::DEFAULT_CONNECT_TIMEOUT,
         }
     }
 
     /// Trusts `tls`'s CAs for a `wss://` base URL (the default trusts the webpki roots).
     pub fn with_tls(mut self, tls: Tls) -> ChannelReader {
         self.tls = tls;
+        self
+    }
+
+    /// Limits opening the connection (TCP, TLS and the WebSocket handshake) to `limit`;
+    /// default [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) (10 s). An expired
+    /// limit is an [`Error::Io`] of kind `TimedOut`.
+    pub fn with_connect_timeout(mut self, limit: Duration) -> ChannelReader {
+        self.connect_timeout = limit;
         self
     }
 
@@ -259,6 +300,38 @@ impl ChannelReader {
         Ok(out)
     }
 
+    /// The next message, text or binary, in the order the writer sent them; `Ok(None)` at a
+    /// clean end of stream, the error that ended the channel otherwise (then the same
+    /// outcome again). Text read this way is returned, not passed to the
+    /// [`on_message`](Self::on_message) callbacks.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use chanrelay_client::Message;
+    /// # async fn example(mut reader: chanrelay_client::ChannelReader) -> chanrelay_client::Result<()> {
+    /// while let Some(msg) = reader.next_message().await? {
+    ///     if let Message::Text(t) = msg {
+    ///         println!("{t}");
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn next_message(&mut self) -> Result<Option<Message>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(Message::Binary(std::mem::take(&mut self.pending))));
+        }
+        poll_fn(|cx| self.poll_next_message(cx)).await
+    }
+
+    /// A [`Stream`] of the channel's [`Message`]s in arrival order (see
+    /// [`next_message`](Self::next_message)); after an abnormal end it yields one `Err`,
+    /// then `None`.
+    pub fn messages(&mut self) -> Messages<'_> {
+        Messages { reader: self }
+    }
+
     fn fail(&mut self, e: Error) -> Error {
         self.state = State::Failed(e.duplicate());
         e
@@ -271,6 +344,7 @@ impl ChannelReader {
                     self.state = State::Connecting(Box::pin(ws::connect(
                         self.url.clone(),
                         self.tls.clone(),
+                        self.connect_timeout,
                     )));
                 }
                 State::Connecting(fut) => match ready!(fut.as_mut().poll(cx)) {
@@ -294,12 +368,26 @@ impl ChannelReader {
 
     fn poll_next_binary(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>>> {
         loop {
+            match ready!(self.poll_next_message(cx))? {
+                Some(Message::Binary(data)) => return Poll::Ready(Ok(Some(data))),
+                Some(Message::Text(text)) => self.deliver(text),
+                None => return Poll::Ready(Ok(None)),
+            }
+        }
+    }
+
+    fn poll_next_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>>> {
+        loop {
             match &mut self.state {
                 State::Idle | State::Connecting(_) => ready!(self.poll_open(cx))?,
                 State::Open(ws) => match ready!(ws.poll_next_unpin(cx)) {
-                    Some(Ok(Message::Binary(data))) => return Poll::Ready(Ok(Some(data))),
-                    Some(Ok(Message::Text(text))) => self.deliver(text.as_str().to_owned()),
-                    Some(Ok(Message::Close(frame))) => {
+                    Some(Ok(WsMessage::Binary(data))) => {
+                        return Poll::Ready(Ok(Some(Message::Binary(data))))
+                    }
+                    Some(Ok(WsMessage::Text(text))) => {
+                        return Poll::Ready(Ok(Some(Message::Text(text.as_str().to_owned()))))
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => {
                         let outcome = close_error(frame);
                         let State::Open(ws) = std::mem::replace(&mut self.state, State::Done)
                         else {
@@ -325,6 +413,45 @@ impl ChannelReader {
                 }
                 State::Done => return Poll::Ready(Ok(None)),
                 State::Failed(e) => return Poll::Ready(Err(e.duplicate())),
+            }
+        }
+    }
+}
+
+/// The [`Stream`] of a reader's [`Message`]s ([`ChannelReader::messages`]).
+pub struct Messages<'a> {
+    reader: &'a mut ChannelReader,
+}
+
+impl fmt::Debug for Messages<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Messages")
+            .field("reader", &self.reader)
+            .finish()
+    }
+}
+
+impl Stream for Messages<'_> {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self.get_mut().reader;
+        if this.stream_finished {
+            return Poll::Ready(None);
+        }
+        if !this.pending.is_empty() {
+            let rest = std::mem::take(&mut this.pending);
+            return Poll::Ready(Some(Ok(Message::Binary(rest))));
+        }
+        match ready!(this.poll_next_message(cx)) {
+            Ok(Some(m)) => Poll::Ready(Some(Ok(m))),
+            Ok(None) => {
+                this.stream_finished = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.stream_finished = true;
+                Poll::Ready(Some(Err(e)))
             }
         }
     }

@@ -1,5 +1,9 @@
 //! The control API client: creating, inspecting and aborting channels.
 
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::chanref::ChannelRef;
@@ -8,6 +12,11 @@ use crate::http;
 use crate::reader::ChannelReader;
 use crate::tls::Tls;
 use crate::writer::ChannelWriter;
+use crate::ws::DEFAULT_CONNECT_TIMEOUT;
+
+/// Default limit on one control API request, connecting included
+/// ([`Relay::with_request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default control API URL of a relay started with default settings.
 ///
@@ -43,6 +52,20 @@ pub const DEFAULT_DATA_URL: &str = "ws://127.0.0.1:49170";
 ///
 /// Building a `Relay` does no I/O; a bad URL is reported by the first call that uses it.
 ///
+/// A `Relay` keeps one HTTP/1.1 keep-alive connection to the control API and sends every
+/// call over it (clones share it; calls take turns on it). When the relay has closed the
+/// idle connection (its `handshake_timeout_ms`, 10 s by default), the next call reconnects
+/// transparently. A call is sent a second time, on a new connection, only when the relay
+/// cannot have acted on it: the request could not be written in full, or — for
+/// `get_channel` and `delete_channel` only — the connection ended before any byte of the
+/// answer. [`create_channel`](Relay::create_channel) is never sent twice once fully
+/// written (it could create two channels): that rare case is an [`Error::Io`].
+///
+/// Timeouts: [`with_connect_timeout`](Relay::with_connect_timeout) (TCP, TLS; default
+/// 10 s, also given to the ends this handle opens, where it covers the WebSocket handshake
+/// too) and [`with_request_timeout`](Relay::with_request_timeout) (one control call end to
+/// end; default 30 s).
+///
 /// # Example
 ///
 /// ```no_run
@@ -62,13 +85,32 @@ pub const DEFAULT_DATA_URL: &str = "ws://127.0.0.1:49170";
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Relay {
     control_url: String,
     data_url: String,
     token: Option<String>,
     /// Whom to trust on `https://`/`wss://` URLs (also for the ends it opens).
     tls: Tls,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    /// The control connection, shared by clones.
+    control: Arc<http::KeepAlive>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The bearer token admits whoever holds it.
+        let token = self.token.as_ref().map(|_| chanrelay_refs::REDACTED);
+        f.debug_struct("Relay")
+            .field("control_url", &self.control_url)
+            .field("data_url", &self.data_url)
+            .field("token", &token)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 /// Options for [`Relay::create_channel_with`]; `None` keeps the relay's default.
@@ -128,7 +170,7 @@ pub struct Channel {
     pub reader_ref: ChannelRef,
 }
 
-/// A channel's state as reported by `GET /v1/channels/{id}`.
+/// A channel's state as reported by `GET /v1/channels/{id}`: every field the relay returns.
 ///
 /// # Example
 ///
@@ -149,6 +191,10 @@ pub struct ChannelInfo {
     pub writer_connected: bool,
     /// Whether a reader is connected.
     pub reader_connected: bool,
+    /// The writer end: `"waiting"` (not connected yet), `"connected"` or `"finished"`.
+    pub writer_state: String,
+    /// The reader end: `"waiting"`, `"connected"` or `"finished"`.
+    pub reader_state: String,
     /// Payload bytes forwarded to the reader so far.
     pub bytes_forwarded: u64,
     /// Frames forwarded to the reader so far.
@@ -157,6 +203,9 @@ pub struct ChannelInfo {
     pub buffered_bytes: u64,
     /// Milliseconds since the channel was created.
     pub age_ms: u64,
+    /// How the channel ended (`"clean"`, `"aborted"`, `"writer_disconnected"`, ...), while it is
+    /// still listed; `None` while it runs.
+    pub ended: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +230,9 @@ impl Relay {
             data_url: data_url.into(),
             token: None,
             tls: Tls::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            control: Arc::default(),
         }
     }
 
@@ -229,7 +281,46 @@ impl Relay {
     /// this relay handle opens (the default trusts the webpki roots).
     pub fn with_tls(mut self, tls: Tls) -> Relay {
         self.tls = tls;
+        // A connection made under other trust settings is not this handle's.
+        self.control = Arc::default();
         self
+    }
+
+    /// Limits opening a connection (TCP connect and TLS handshake) to `limit`, for the
+    /// control API and, with the WebSocket handshake, for every end this handle opens.
+    /// Default [`DEFAULT_CONNECT_TIMEOUT`] (10 s). An expired limit is an [`Error::Io`] of
+    /// kind `TimedOut`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let relay = chanrelay_client::Relay::new("http://127.0.0.1:49171", "ws://127.0.0.1:49170")
+    ///     .with_connect_timeout(Duration::from_secs(2))
+    ///     .with_request_timeout(Duration::from_secs(5));
+    /// assert_eq!(relay.connect_timeout(), Duration::from_secs(2));
+    /// ```
+    pub fn with_connect_timeout(mut self, limit: Duration) -> Relay {
+        self.connect_timeout = limit;
+        self
+    }
+
+    /// Limits each control API call (connecting, a possible retry, writing the request,
+    /// reading the answer) to `limit`. Default [`DEFAULT_REQUEST_TIMEOUT`] (30 s). An
+    /// expired limit is an [`Error::Io`] of kind `TimedOut`, and the connection is dropped.
+    pub fn with_request_timeout(mut self, limit: Duration) -> Relay {
+        self.request_timeout = limit;
+        self
+    }
+
+    /// The connect limit ([`Relay::with_connect_timeout`]).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The control request limit ([`Relay::with_request_timeout`]).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// The control API URL this handle talks to.
@@ -296,8 +387,8 @@ impl Relay {
             .await?;
         let created: CreateResponse = parse_json(&resp.body)?;
         Ok(Channel {
-            writer: ChannelWriter::new(&self.data_url, &created.writer).with_tls(self.tls.clone()),
-            reader: ChannelReader::new(&self.data_url, &created.reader).with_tls(self.tls.clone()),
+            writer: self.writer(&created.writer),
+            reader: self.reader(&created.reader),
             writer_ref: created.writer,
             reader_ref: created.reader,
         })
@@ -347,7 +438,8 @@ impl Relay {
     }
 
     /// A writer for `writer_ref` on this relay's data plane (same as
-    /// `ChannelWriter::new(relay.data_url(), writer_ref)`).
+    /// `ChannelWriter::new(relay.data_url(), writer_ref)`, with this handle's TLS and connect
+    /// timeout).
     ///
     /// # Example
     ///
@@ -361,11 +453,14 @@ impl Relay {
     /// # }
     /// ```
     pub fn writer(&self, writer_ref: &ChannelRef) -> ChannelWriter {
-        ChannelWriter::new(&self.data_url, writer_ref).with_tls(self.tls.clone())
+        ChannelWriter::new(&self.data_url, writer_ref)
+            .with_tls(self.tls.clone())
+            .with_connect_timeout(self.connect_timeout)
     }
 
     /// A reader for `reader_ref` on this relay's data plane (same as
-    /// `ChannelReader::new(relay.data_url(), reader_ref)`).
+    /// `ChannelReader::new(relay.data_url(), reader_ref)`, with this handle's TLS and connect
+    /// timeout).
     ///
     /// # Example
     ///
@@ -377,7 +472,9 @@ impl Relay {
     /// # }
     /// ```
     pub fn reader(&self, reader_ref: &ChannelRef) -> ChannelReader {
-        ChannelReader::new(&self.data_url, reader_ref).with_tls(self.tls.clone())
+        ChannelReader::new(&self.data_url, reader_ref)
+            .with_tls(self.tls.clone())
+            .with_connect_timeout(self.connect_timeout)
     }
 
     async fn control(
@@ -386,15 +483,19 @@ impl Relay {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<http::Response> {
-        let resp = http::request(
-            &self.control_url,
+        let endpoint = http::Endpoint {
+            base_url: &self.control_url,
+            tls: &self.tls,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        };
+        let request = http::Request {
             method,
             path,
-            self.token.as_deref(),
-            body,
-            &self.tls,
-        )
-        .await?;
+            token: self.token.as_deref(),
+            json_body: body,
+        };
+        let resp = self.control.send(&endpoint, &request).await?;
         if !(200..300).contains(&resp.status) {
             return Err(Error::Http {
                 status: resp.status,
@@ -408,4 +509,49 @@ impl Relay {
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body)
         .map_err(|e| Error::Protocol(format!("unexpected control API response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Direction;
+
+    #[test]
+    fn debug_never_prints_a_token_or_key() {
+        let relay = Relay::new("http://h:1", "ws://h:2").with_token("tok-SECRET-1");
+        let writer_ref = ChannelRef {
+            channel_id: "c1".into(),
+            access_key: "key-SECRET-2".into(),
+            direction: Direction::Write,
+        };
+        let reader_ref = ChannelRef {
+            access_key: "key-SECRET-3".into(),
+            direction: Direction::Read,
+            ..writer_ref.clone()
+        };
+        let channel = Channel {
+            writer: relay.writer(&writer_ref),
+            reader: relay.reader(&reader_ref),
+            writer_ref,
+            reader_ref,
+        };
+        let minter = crate::Minter::new("signing-SECRET-4");
+        let minted = minter.mint("c2", Duration::from_secs(60));
+        for text in [
+            format!("{relay:?}"),
+            format!("{relay:#?}"),
+            format!("{channel:?}"),
+            format!("{:?}", channel.writer),
+            format!("{:?}", channel.reader),
+            format!("{minter:?}"),
+            format!("{minted:?}"),
+        ] {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(!text.contains(&minted.writer.access_key), "{text}");
+        }
+        assert!(format!("{relay:?}").contains("<redacted>"));
+        assert!(format!("{channel:?}").contains("c1"));
+        // No token: nothing to hide, and it says so.
+        assert!(format!("{:?}", Relay::new("http://h:1", "ws://h:2")).contains("token: None"));
+    }
 }

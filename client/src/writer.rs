@@ -5,9 +5,10 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -59,9 +60,13 @@ enum CloseStep {
 /// without closing it aborts the channel: the reader then gets [`Error::Closed`] with code
 /// `1011` (`writer disconnected`) after the data already sent.
 ///
-/// It also implements [`tokio::io::AsyncWrite`] (each `poll_write` sends one binary frame
-/// of at most [`MAX_FRAME_BYTES`]; `poll_shutdown` is `close()`), so `tokio::io::copy`
-/// and friends work.
+/// It also implements [`tokio::io::AsyncWrite`], so `tokio::io::copy` and friends work:
+/// small writes are gathered into full frames of [`MAX_FRAME_BYTES`] (as the SDKs send
+/// them), a frame goes out once full, `flush` sends the partial one, and `shutdown` flushes
+/// and then is `close()`. And it is a [`Sink<Bytes>`](futures_util::Sink): each `Bytes`
+/// goes out as binary frames of at most [`MAX_FRAME_BYTES`], sliced without copying.
+/// Data buffered by `AsyncWrite` or `Sink` goes out before anything sent afterwards by
+/// [`write`](Self::write), [`send_message`](Self::send_message) or [`close`](Self::close).
 ///
 /// If the reader goes away, the relay closes the writer with `1001 reader gone`; the next
 /// call reports it as [`Error::Closed`].
@@ -98,6 +103,11 @@ pub struct ChannelWriter {
     state: State,
     /// Whom to trust on a `wss://` base URL.
     tls: Tls,
+    connect_timeout: Duration,
+    /// `AsyncWrite`'s frame being gathered (at most `MAX_FRAME_BYTES`).
+    gather: BytesMut,
+    /// The rest of a `Sink` item not yet handed to the WebSocket.
+    sink_rest: Bytes,
 }
 
 impl fmt::Debug for ChannelWriter {
@@ -106,6 +116,7 @@ impl fmt::Debug for ChannelWriter {
         f.debug_struct("ChannelWriter")
             .field("channel_id", &self.channel_id)
             .field("state", &state_name(&self.state))
+            .field("buffered", &(self.gather.len() + self.sink_rest.len()))
             .finish()
     }
 }
@@ -167,12 +178,32 @@ impl ChannelWriter {
             channel_id: channel_ref.channel_id.clone(),
             state: State::Idle,
             tls: Tls::default(),
+            connect_timeout: crate::ws::DEFAULT_CONNECT_TIMEOUT,
+            gather: BytesMut::new(),
+            sink_rest: Bytes::new(),
         }
     }
 
     /// Trusts `tls`'s CAs for a `wss://` base URL (the default trusts the webpki roots).
     pub fn with_tls(mut self, tls: Tls) -> ChannelWriter {
         self.tls = tls;
+        self
+    }
+
+    /// Limits opening the connection (TCP, TLS and the WebSocket handshake) to `limit`;
+    /// default [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT) (10 s). An expired
+    /// limit is an [`Error::Io`] of kind `TimedOut`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let r = chanrelay_client::ChannelRef { channel_id: "c".into(), access_key: "k".into(), direction: chanrelay_client::Direction::Write };
+    /// let writer = chanrelay_client::ChannelWriter::new("ws://127.0.0.1:49170", &r)
+    ///     .with_connect_timeout(Duration::from_secs(3));
+    /// ```
+    pub fn with_connect_timeout(mut self, limit: Duration) -> ChannelWriter {
+        self.connect_timeout = limit;
         self
     }
 
@@ -225,12 +256,13 @@ impl ChannelWriter {
     /// # }
     /// ```
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        poll_fn(|cx| self.poll_send_buffered(cx)).await?;
         if data.is_empty() {
             return self.connect().await;
         }
         for chunk in data.chunks(MAX_FRAME_BYTES) {
             poll_fn(|cx| self.poll_ready_to_send(cx)).await?;
-            self.start_send(Message::Binary(Bytes::copy_from_slice(chunk)))?;
+            self.queue(Message::Binary(Bytes::copy_from_slice(chunk)))?;
         }
         poll_fn(|cx| self.poll_flush_inner(cx)).await
     }
@@ -251,8 +283,28 @@ impl ChannelWriter {
     /// # }
     /// ```
     pub async fn send_message(&mut self, msg: &str) -> Result<()> {
+        poll_fn(|cx| self.poll_send_buffered(cx)).await?;
         poll_fn(|cx| self.poll_ready_to_send(cx)).await?;
-        self.start_send(Message::Text(msg.into()))?;
+        self.queue(Message::Text(msg.into()))?;
+        poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// Sends what `AsyncWrite` gathered (a partial frame) and what is left of a `Sink` item,
+    /// then flushes the socket. (The same as `AsyncWriteExt::flush` and `SinkExt::flush`,
+    /// without having to pick one when both traits are in scope.)
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use tokio::io::AsyncWriteExt;
+    /// # async fn example(mut writer: chanrelay_client::ChannelWriter) -> chanrelay_client::Result<()> {
+    /// writer.write_all(b"progress: 10%\n").await?; // gathered, not sent yet
+    /// writer.flush().await?; // sent now, as one frame
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush(&mut self) -> Result<()> {
+        poll_fn(|cx| self.poll_send_buffered(cx)).await?;
         poll_fn(|cx| self.poll_flush_inner(cx)).await
     }
 
@@ -290,6 +342,7 @@ impl ChannelWriter {
                     self.state = State::Connecting(Box::pin(ws::connect(
                         self.url.clone(),
                         self.tls.clone(),
+                        self.connect_timeout,
                     )));
                 }
                 State::Connecting(fut) => match ready!(fut.as_mut().poll(cx)) {
@@ -355,7 +408,7 @@ impl ChannelWriter {
     }
 
     /// Queues one message; call after `poll_ready_to_send` returned `Ready(Ok)`.
-    fn start_send(&mut self, msg: Message) -> Result<()> {
+    fn queue(&mut self, msg: Message) -> Result<()> {
         let State::Open(ws) = &mut self.state else {
             return Err(already_closed());
         };
@@ -363,6 +416,23 @@ impl ChannelWriter {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fail(from_ws(e))),
         }
+    }
+
+    /// Hands what `AsyncWrite` gathered and what is left of a `Sink` item to the WebSocket
+    /// (not flushed yet), so that it goes before whatever is sent next.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        while !self.sink_rest.is_empty() {
+            ready!(self.poll_ready_to_send(cx))?;
+            let n = self.sink_rest.len().min(MAX_FRAME_BYTES);
+            let frame = self.sink_rest.split_to(n);
+            self.queue(Message::Binary(frame))?;
+        }
+        if !self.gather.is_empty() {
+            ready!(self.poll_ready_to_send(cx))?;
+            let frame = self.gather.split().freeze();
+            self.queue(Message::Binary(frame))?;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -382,6 +452,8 @@ impl ChannelWriter {
             match &mut self.state {
                 State::Idle | State::Connecting(_) => ready!(self.poll_open(cx))?,
                 State::Open(_) => {
+                    // Buffered data goes before the Close.
+                    ready!(self.poll_send_buffered(cx))?;
                     // A Close the relay already sent (reader gone) decides the outcome.
                     self.poll_peer_close(cx)?;
                     let State::Open(ws) = std::mem::replace(&mut self.state, State::Closed) else {
@@ -438,7 +510,7 @@ impl ChannelWriter {
 }
 
 impl tokio::io::AsyncWrite for ChannelWriter {
-    /// Sends up to [`MAX_FRAME_BYTES`] of `buf` as one binary frame.
+    /// Gathers `buf` into the current frame; a full frame ([`MAX_FRAME_BYTES`]) is sent.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -448,18 +520,76 @@ impl tokio::io::AsyncWrite for ChannelWriter {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        ready!(this.poll_ready_to_send(cx))?;
-        let n = buf.len().min(MAX_FRAME_BYTES);
-        this.start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))?;
+        // Connect on the first write, so a refusal (404, 409, 503) is its answer.
+        ready!(this.poll_open(cx))?;
+        if !this.sink_rest.is_empty() || this.gather.len() == MAX_FRAME_BYTES {
+            ready!(this.poll_send_buffered(cx))?;
+        }
+        if this.gather.capacity() == 0 {
+            this.gather.reserve(MAX_FRAME_BYTES);
+        }
+        let n = buf.len().min(MAX_FRAME_BYTES - this.gather.len());
+        this.gather.extend_from_slice(&buf[..n]);
+        if this.gather.len() == MAX_FRAME_BYTES {
+            // Send the full frame now if the socket takes it; if not, the next call does.
+            // An error here fails the writer and is reported by the next call.
+            let _ = this.poll_send_buffered(cx);
+        }
         Poll::Ready(Ok(n))
     }
 
+    /// Sends the partial frame, then flushes the socket.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_flush_inner(cx).map_err(io::Error::from)
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        this.poll_flush_inner(cx).map_err(io::Error::from)
     }
 
-    /// [`ChannelWriter::close`]: Close `1000`, then wait for the relay's reply.
+    /// Sends the partial frame, then [`ChannelWriter::close`]: Close `1000`, then wait for
+    /// the relay's reply.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_close_inner(cx).map_err(io::Error::from)
+    }
+}
+
+impl Sink<Bytes> for ChannelWriter {
+    type Error = Error;
+
+    /// Ready once everything buffered before was handed to the WebSocket.
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        this.poll_ready_to_send(cx)
+    }
+
+    /// Sends `item` as binary frames of at most [`MAX_FRAME_BYTES`] (slices of it, no copy).
+    /// An empty item sends nothing.
+    fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+        let this = self.get_mut();
+        if item.is_empty() {
+            return Ok(());
+        }
+        if !this.sink_rest.is_empty() || !this.gather.is_empty() {
+            return Err(Error::Protocol(
+                "start_send without poll_ready on a channel writer".into(),
+            ));
+        }
+        let mut item = item;
+        let first = item.split_to(item.len().min(MAX_FRAME_BYTES));
+        this.queue(Message::Binary(first))?;
+        // Later frames wait for the socket (next poll_ready/poll_flush/poll_close).
+        this.sink_rest = item;
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        this.poll_flush_inner(cx)
+    }
+
+    /// [`ChannelWriter::close`], after what is buffered.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_close_inner(cx)
     }
 }

@@ -10,8 +10,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::error::{from_ws, Error, Result};
 use crate::tls::Tls;
 
-/// How long the TCP connect plus the WebSocket handshake may take (the SDKs use 10 s).
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for how long opening a connection may take: TCP connect and TLS handshake, plus
+/// the WebSocket handshake for a channel end (the SDKs use 10 s).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Socket read size. Measured with a 1 GiB transfer through the relay: 16–256 KiB perform
 /// about the same, 1 MiB is clearly slower (tungstenite zero-fills the read window before
@@ -75,14 +76,24 @@ pub(crate) async fn open(target: &Target, tls: &Tls) -> Result<Stream> {
     }
 }
 
-/// Connects to a channel URL (`ws(s)://host:port/ws/channels/...`) and performs the handshake.
-pub(crate) async fn connect(url: String, tls: Tls) -> Result<Ws> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(&url, &tls)).await {
+/// [`open`] within `limit`.
+pub(crate) async fn open_within(target: &Target, tls: &Tls, limit: Duration) -> Result<Stream> {
+    match tokio::time::timeout(limit, open(target, tls)).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "WebSocket handshake timed out",
-        ))),
+        Err(_) => Err(timed_out("connect timed out")),
+    }
+}
+
+pub(crate) fn timed_out(what: &'static str) -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// Connects to a channel URL (`ws(s)://host:port/ws/channels/...`) and performs the
+/// handshake, all within `limit`.
+pub(crate) async fn connect(url: String, tls: Tls, limit: Duration) -> Result<Ws> {
+    match tokio::time::timeout(limit, connect_inner(&url, &tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out("WebSocket connect and handshake timed out")),
     }
 }
 

@@ -1,20 +1,7 @@
 //! Data-plane request targets: `[prefix]/ws/channels/{id}?key=…&dir=read|write`.
 
-/// Which end of a channel a connection claims.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Read,
-    Write,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Read => "read",
-            Direction::Write => "write",
-        }
-    }
-}
+// The same type as in refs a minter signs.
+pub use chanrelay_refs::Direction;
 
 /// A parsed, validated channel target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +19,7 @@ pub enum RouteError {
     BadQuery(&'static str),
 }
 
-/// Longest channel id accepted.
-pub const MAX_CHANNEL_ID_LEN: usize = 128;
+pub use chanrelay_refs::{node_channel_id, valid_channel_id, MAX_CHANNEL_ID_LEN, NODE_SEPARATOR};
 
 /// Extracts the channel id from `path`, which must be `{prefix}/ws/channels/{id}`.
 pub fn channel_id_from_path<'a>(path: &'a str, prefix: &str) -> Result<&'a str, RouteError> {
@@ -48,37 +34,9 @@ pub fn channel_id_from_path<'a>(path: &'a str, prefix: &str) -> Result<&'a str, 
     }
 }
 
-/// Separates a node's name from the rest of a channel id (`<node>~<rest>`): `~` is
-/// unreserved in URLs, so such an id needs no escaping in a path.
-pub const NODE_SEPARATOR: char = '~';
-
-/// Whether `id` is a channel id: `[A-Za-z0-9_-]` and at most one `~` (neither first nor
-/// last), at most `MAX_CHANNEL_ID_LEN` bytes.
-pub fn valid_channel_id(id: &str) -> bool {
-    let mut tildes = 0;
-    let chars_ok = id.bytes().all(|b| {
-        tildes += usize::from(b == b'~');
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
-    });
-    !id.is_empty()
-        && id.len() <= MAX_CHANNEL_ID_LEN
-        && chars_ok
-        && tildes <= 1
-        && !id.starts_with(NODE_SEPARATOR)
-        && !id.ends_with(NODE_SEPARATOR)
-}
-
 /// The node a channel id names (`<node>~<rest>`), if it names one.
 pub fn node_of(channel_id: &str) -> Option<&str> {
     channel_id.split_once(NODE_SEPARATOR).map(|(node, _)| node)
-}
-
-/// `<node>~<rest>` when there is a node, else `rest` as it is.
-pub fn node_channel_id(node: Option<&str>, rest: &str) -> String {
-    match node {
-        Some(node) => format!("{node}{NODE_SEPARATOR}{rest}"),
-        None => rest.to_string(),
-    }
 }
 
 /// Parses `key` and `dir` from a query string; unknown parameters are ignored.
