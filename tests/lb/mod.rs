@@ -72,8 +72,34 @@ pub fn tools<const N: usize>(test: &str, tools: [&str; N]) -> Option<[PathBuf; N
 // Ports, certificate, rendering the shipped configs
 // ---------------------------------------------------------------------------
 
-/// A loopback port the OS just handed out (its listener closed again).
+/// A free loopback port below the ephemeral range, for a listener that binds it later (a
+/// relay, HAProxy, a relay restarted on the same port). Below that range neither an
+/// outgoing connection nor another test's `bind(:0)` can take it in the meantime — with a
+/// port the OS handed out, a rolling restart once found its port taken while its relay was
+/// down. Candidates start at a different place per process and per call; each is checked
+/// by binding it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(11000, 65535);
+    let (base, span) = (10000u32, low - 10000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(nanos)
+        .wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(104729));
+    for i in 0..span.min(2000) {
+        let port = (base + (seed.wrapping_add(i * 7)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("ask the OS for a free port")
