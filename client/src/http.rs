@@ -1,5 +1,7 @@
-//! A minimal HTTP/1.1 client for the control API: one keep-alive connection per
-//! [`Relay`](crate::Relay), `Content-Length`, chunked or close-delimited response bodies.
+//! A minimal HTTP/1.1 client for the control API: keep-alive connections per
+//! [`Relay`](crate::Relay) (one while calls come one at a time, one per concurrent call
+//! otherwise, up to [`MAX_IDLE`] kept idle), `Content-Length`, chunked or close-delimited
+//! response bodies.
 //!
 //! Retry rule (at most one retry, always on a new connection, only after a *reused*
 //! connection failed — a fresh connection's failure is reported as it is):
@@ -11,14 +13,14 @@
 //! - the request was written and the connection ended before any byte of the response (the
 //!   relay closed it as idle just as the request went out): sent again only for `GET` and
 //!   `DELETE`, which do the same thing twice. A `POST` (create) is not: the relay may have
-//!   created the channel, and a second one would leak; the error says so.
+//!   created the channel, and a second one would leak; the error says so. A `DELETE` sent
+//!   again that finds the channel gone (`404`) reports success: the first sending removed it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::tls::Tls;
@@ -47,15 +49,27 @@ pub(crate) struct Endpoint<'a> {
     pub tls: &'a Tls,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// How long an idle connection is kept for the next request.
+    pub keep_alive: Duration,
 }
 
-/// The kept connection. Requests take turns on it (the lock is held for a whole exchange);
-/// a request that fails or is cancelled midway drops it, so a half-read response is never
-/// taken for the next one's.
+/// Idle keep-alive connections, most recently used last. A request takes one (or opens a
+/// new one) and holds it alone for its exchange, so concurrent calls run in parallel on
+/// their own connections; a connection goes back only after a clean exchange, so a
+/// half-read response is never taken for the next one's. At most [`MAX_IDLE`] are kept, and
+/// none longer than the endpoint's `keep_alive` (kept below the relay's idle close, so a
+/// kept connection is almost never one the relay is closing).
 #[derive(Default)]
 pub(crate) struct KeepAlive {
-    conn: Mutex<Option<Stream>>,
+    idle: std::sync::Mutex<Vec<(Stream, Instant)>>,
 }
+
+/// Idle connections kept per [`Relay`](crate::Relay) (and its clones).
+pub(crate) const MAX_IDLE: usize = 8;
+
+/// How long an idle connection is kept by default: below the relay's idle close of a
+/// control connection (`handshake_timeout_ms`, 10 s by default).
+pub(crate) const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// How far an exchange got before it failed: decides whether it may be sent again.
 enum Failed {
@@ -76,14 +90,30 @@ impl KeepAlive {
         }
     }
 
+    /// An idle connection still fit for a request, if one is kept.
+    fn take_idle(&self, keep_alive: Duration) -> Option<Stream> {
+        let mut idle = self.idle.lock().expect("idle connections lock");
+        while let Some((mut stream, since)) = idle.pop() {
+            if since.elapsed() < keep_alive && still_open(&mut stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, stream: Stream) {
+        let mut idle = self.idle.lock().expect("idle connections lock");
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
     async fn send_inner(&self, ep: &Endpoint<'_>, req: &Request<'_>) -> Result<Response> {
         let target = parse_target(ep.base_url)?;
         let bytes = encode_request(&target, req)?;
-        let mut slot = self.conn.lock().await;
-        // Taken out while in use: dropped with this future if it is cancelled.
-        let mut kept = slot
-            .take()
-            .and_then(|mut s| still_open(&mut s).then_some(s));
+        // Owned by this future while in use: dropped with it if it is cancelled.
+        let mut kept = self.take_idle(ep.keep_alive);
+        let mut retried = false;
         loop {
             let reused = kept.is_some();
             let mut stream = match kept.take() {
@@ -93,7 +123,14 @@ impl KeepAlive {
             let err = match exchange(&mut stream, &bytes, req.method).await {
                 Ok((resp, keep)) => {
                     if keep {
-                        *slot = Some(stream);
+                        self.put_idle(stream);
+                    }
+                    // A DELETE sent again may find its first sending already done.
+                    if retried && req.method == "DELETE" && resp.status == 404 {
+                        return Ok(Response {
+                            status: 204,
+                            body: Vec::new(),
+                        });
                     }
                     return Ok(resp);
                 }
@@ -106,7 +143,10 @@ impl KeepAlive {
                     Failed::Other(_) => false,
                 };
             match err {
-                _ if retry => continue,
+                _ if retry => {
+                    retried = true;
+                    continue;
+                }
                 Failed::NoResponse(e) if req.method == "POST" => {
                     return Err(Error::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
@@ -243,8 +283,8 @@ async fn read_response(
             return Err(closed_before_head());
         }
     };
-    buf.drain(..head_len);
-    let mut buf = std::mem::take(buf);
+    // The head stays in the caller's buffer: a failure from here on is not "no response".
+    let mut buf = buf.split_off(head_len);
 
     let body = if method == "HEAD" || status == 204 || status == 304 {
         keep &= buf.is_empty();

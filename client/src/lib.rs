@@ -6,7 +6,8 @@
 //! passed to another task or process; whoever holds it builds a [`ChannelWriter`] or a
 //! [`ChannelReader`] with the relay's data-plane URL and streams through the relay.
 //!
-//! - [`Relay`] talks to the relay's control API over one keep-alive connection:
+//! - [`Relay`] talks to the relay's control API over keep-alive connections (one for
+//!   calls made one after another):
 //!   [`Relay::create_channel`] returns a [`Channel`] with both local ends and both refs;
 //!   [`Relay::get_channel`] and [`Relay::delete_channel`] inspect and abort channels.
 //! - [`ChannelWriter`] has [`write`](ChannelWriter::write) (split into binary frames of at most

@@ -52,10 +52,12 @@ pub const DEFAULT_DATA_URL: &str = "ws://127.0.0.1:49170";
 ///
 /// Building a `Relay` does no I/O; a bad URL is reported by the first call that uses it.
 ///
-/// A `Relay` keeps one HTTP/1.1 keep-alive connection to the control API and sends every
-/// call over it (clones share it; calls take turns on it). When the relay has closed the
-/// idle connection (its `handshake_timeout_ms`, 10 s by default), the next call reconnects
-/// transparently. A call is sent a second time, on a new connection, only when the relay
+/// A `Relay` keeps its HTTP/1.1 connections to the control API for the next call (clones
+/// share them): calls made one after another use one connection; concurrent calls each get
+/// their own, none waits for another. An idle connection is kept for at most
+/// [`with_keep_alive`](Relay::with_keep_alive) (5 s), below the relay's idle close of control
+/// connections (`handshake_timeout_ms`, 10 s by default); one the relay closed anyway is
+/// replaced transparently. A call is sent a second time, on a new connection, only when the relay
 /// cannot have acted on it: the request could not be written in full, or — for
 /// `get_channel` and `delete_channel` only — the connection ended before any byte of the
 /// answer. [`create_channel`](Relay::create_channel) is never sent twice once fully
@@ -94,7 +96,8 @@ pub struct Relay {
     tls: Tls,
     connect_timeout: Duration,
     request_timeout: Duration,
-    /// The control connection, shared by clones.
+    keep_alive: Duration,
+    /// The idle control connections, shared by clones.
     control: Arc<http::KeepAlive>,
 }
 
@@ -109,6 +112,7 @@ impl fmt::Debug for Relay {
             .field("tls", &self.tls)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }
@@ -232,6 +236,7 @@ impl Relay {
             tls: Tls::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keep_alive: http::DEFAULT_KEEP_ALIVE,
             control: Arc::default(),
         }
     }
@@ -310,6 +315,16 @@ impl Relay {
     /// expired limit is an [`Error::Io`] of kind `TimedOut`, and the connection is dropped.
     pub fn with_request_timeout(mut self, limit: Duration) -> Relay {
         self.request_timeout = limit;
+        self
+    }
+
+    /// Keeps an idle control connection for the next call for at most `idle` (default 5 s;
+    /// `Duration::ZERO`: a new connection per call). Keep it below the relay's idle close of
+    /// control connections (`handshake_timeout_ms`, default 10 s): a connection the relay is
+    /// closing just as a create goes out makes that create fail with an error saying it may
+    /// have been carried out (it is never sent twice).
+    pub fn with_keep_alive(mut self, idle: Duration) -> Relay {
+        self.keep_alive = idle;
         self
     }
 
@@ -488,6 +503,7 @@ impl Relay {
             tls: &self.tls,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            keep_alive: self.keep_alive,
         };
         let request = http::Request {
             method,

@@ -34,22 +34,24 @@ pub(crate) struct Target {
 }
 
 pub(crate) fn parse_target(url: &str) -> Result<Target> {
+    // A channel end's URL carries its access key in the query: errors show the URL without it.
+    let shown = url.split_once('?').map_or(url, |(path, _)| path);
     let uri: Uri = url
         .parse()
-        .map_err(|e| Error::Protocol(format!("invalid URL {url:?}: {e}")))?;
+        .map_err(|e| Error::Protocol(format!("invalid URL {shown:?}: {e}")))?;
     let tls = match uri.scheme_str() {
         Some("ws") | Some("http") => false,
         Some("wss") | Some("https") => true,
         _ => {
             return Err(Error::Protocol(format!(
-                "URL must start with ws://, wss://, http:// or https://: {url:?}"
+                "URL must start with ws://, wss://, http:// or https://: {shown:?}"
             )))
         }
     };
     let default_port = if tls { 443 } else { 80 };
     let host = uri
         .host()
-        .ok_or_else(|| Error::Protocol(format!("URL has no host: {url:?}")))?;
+        .ok_or_else(|| Error::Protocol(format!("URL has no host: {shown:?}")))?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -111,4 +113,20 @@ async fn connect_inner(url: &str, tls: &Tls) -> Result<Ws> {
         .await
         .map_err(from_ws)?;
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_target;
+
+    #[test]
+    fn url_errors_never_show_the_query_and_its_key() {
+        for url in [
+            "localhost:49170/ws/channels/c?key=SECRETKEY&dir=write",
+            "ftp://h/ws/channels/c?key=SECRETKEY&dir=write",
+        ] {
+            let err = parse_target(url).err().expect("a bad URL").to_string();
+            assert!(!err.contains("SECRETKEY"), "{err}");
+        }
+    }
 }

@@ -263,3 +263,111 @@ async fn refs_minted_with_the_client_are_accepted_by_the_relay() {
         .unwrap_err();
     assert_eq!(err.status(), Some(404), "{err}");
 }
+
+/// A control endpoint whose answers follow a script: `answer(connection, request)` (both
+/// counted from 0) gives the status to answer with, `None` to close the connection without
+/// an answer, or `Some(0)` never to answer (the connection stays open, silent).
+async fn scripted_server(answer: fn(usize, usize) -> Option<u16>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut nth = 0;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let c = nth;
+            nth += 1;
+            tokio::spawn(async move {
+                for r in 0.. {
+                    if !read_request(&mut conn).await {
+                        return;
+                    }
+                    let status = match answer(c, r) {
+                        None => return,
+                        Some(0) => {
+                            let mut rest = Vec::new();
+                            let _ = conn.read_to_end(&mut rest).await;
+                            return;
+                        }
+                        Some(s) => s,
+                    };
+                    let body = r#"{"channel_id":"c"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn concurrent_calls_do_not_wait_for_each_other() {
+    // The first connection's request is never answered; every other is answered at once.
+    let url = scripted_server(|c, _| if c == 0 { Some(0) } else { Some(200) }).await;
+    let client = Relay::new(&url, "ws://127.0.0.1:9");
+    let stuck = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get_channel("c").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // While that call waits for its answer, others on the same handle (and its clones) go
+    // through on connections of their own.
+    for _ in 0..3 {
+        let info = timeout(Duration::from_secs(2), client.clone().get_channel("c"))
+            .await
+            .expect("a call queued behind a stalled one")
+            .unwrap();
+        assert_eq!(info.channel_id, "c");
+    }
+    assert!(!stuck.is_finished());
+    stuck.abort();
+}
+
+#[tokio::test]
+async fn idle_connections_are_kept_no_longer_than_keep_alive() {
+    let relay = TestRelay::start();
+    let client = relay.relay().with_keep_alive(Duration::from_millis(100));
+    let before = control_connections(&relay);
+    client.get_channel("x").await.unwrap_err();
+    client.get_channel("x").await.unwrap_err(); // at once: the same connection
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.get_channel("x").await.unwrap_err(); // past keep_alive: a new one
+    let after = control_connections(&relay);
+    assert_eq!(
+        after - before,
+        3.0,
+        "two connections, plus the counter's read"
+    );
+
+    let every_call = relay.relay().with_keep_alive(Duration::ZERO);
+    for _ in 0..3 {
+        every_call.get_channel("x").await.unwrap_err();
+    }
+    assert_eq!(control_connections(&relay) - after, 4.0, "one per call");
+}
+
+#[tokio::test]
+async fn a_delete_sent_again_that_finds_the_channel_gone_succeeded() {
+    // Connection 0 answers its first request, then closes on the second (the DELETE, which
+    // the relay may have carried out); the DELETE sent again on a new connection gets 404.
+    let url = scripted_server(|c, r| match (c, r) {
+        (0, 0) => Some(200),
+        (0, _) => None,
+        _ => Some(404),
+    })
+    .await;
+    let client = Relay::new(&url, "ws://127.0.0.1:9");
+    client.get_channel("c").await.unwrap();
+    timeout(LIMIT, client.delete_channel("c"))
+        .await
+        .unwrap()
+        .expect("the retried DELETE's 404 means the first one removed it");
+    // Without a retry, a 404 is the caller's to see.
+    let err = client.delete_channel("c").await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+}

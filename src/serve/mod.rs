@@ -143,6 +143,13 @@ pub fn start(config: Config) -> std::io::Result<Running> {
 pub fn serve(config: Config) -> Result<(), String> {
     let shards = config.shard_count();
     raise_fd_limit(&config);
+    // Before READY=1 (and before anything starts): a SIGTERM that a service manager sends
+    // right after start must drain, not kill the process by the default action.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let running = start(config).map_err(|e| format!("cannot start: {e}"))?;
     {
         let mut out = std::io::stdout().lock();
@@ -161,11 +168,6 @@ pub fn serve(config: Config) -> Result<(), String> {
         "READY=1\nSTATUS=serving data on {}, control on {}",
         running.data_addr, running.control_addr
     ));
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "draining (a second signal exits at once)");
     }
