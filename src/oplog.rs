@@ -7,11 +7,57 @@
 //! a disk full of them (`chanrelay_refusals_total` still counts every one).
 
 use std::cell::Cell;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+
+use crate::config::LogFormat;
 
 use crate::error::Refusal;
 use crate::metrics::METRICS;
+
+/// Log lines queued for the writer thread at most; past that, lines are dropped (and
+/// counted, `chanrelay_log_lines_dropped_total`) rather than making a shard wait.
+pub const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because the queue to stderr was full (`None`: logging not set up).
+pub fn dropped_lines() -> Option<usize> {
+    DROPPED.get().map(ErrorCounter::dropped_lines)
+}
+
+/// Sets up the process's log: lines to stderr, filtered by `CHANRELAY_LOG` (or `RUST_LOG`,
+/// default `info`), text (with colour only when stderr is a terminal: a log file or the
+/// journal gets no escape codes) or one JSON object per line.
+///
+/// Lines are written by a thread of their own: a shard never waits on stderr (a pipe to a
+/// journal that is slow to read would otherwise stall every channel on the shard that logs
+/// a channel's end). Keep the guard until the process ends: dropping it writes what is
+/// still queued.
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let filter = std::env::var("CHANRELAY_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("chanrelay-log")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    guard
+}
 
 /// Most refusal lines one shard thread writes per second.
 pub const REFUSAL_LINES_PER_S: u32 = 10;

@@ -112,6 +112,28 @@ pub fn takes_body(method: &Method, path: &str) -> bool {
     )
 }
 
+/// `GET /metrics`, rendered on a thread of its own: it reads `/proc` (listing every open
+/// descriptor, which takes milliseconds with tens of thousands), and the shard that took
+/// the scrape goes on forwarding meanwhile.
+async fn metrics(shared: &Arc<Shared>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let stats = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("chanrelay-metrics".into())
+        .spawn(move || {
+            let _ = tx.send(crate::metrics::render(&stats.stats));
+        });
+    match (spawned, rx.await) {
+        (Ok(_), Ok(body)) => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body,
+            refusal: None,
+        },
+        _ => Response::error(500, "internal", "could not render the metrics"),
+    }
+}
+
 /// Serves one control request.
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -143,12 +165,7 @@ pub async fn handle(
         }
     }
     match (method, segments.as_slice()) {
-        (Method::Get, ["metrics"]) => Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: crate::metrics::render(&shared.stats),
-            refusal: None,
-        },
+        (Method::Get, ["metrics"]) => metrics(shared).await,
         (Method::Post, ["v1", "channels"]) => create(shard, body).await,
         (Method::Put, ["v1", "routes"]) => put_routes(shared, body),
         (Method::Get, ["v1", "routes"]) => {

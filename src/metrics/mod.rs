@@ -242,6 +242,15 @@ pub fn render(shards: &[ShardMetrics]) -> String {
     );
     let control = METRICS.control_connections_total.load(Relaxed);
     let _ = writeln!(s, "chanrelay_control_connections_total {control}");
+    if let Some(dropped) = crate::oplog::dropped_lines() {
+        header(
+            &mut s,
+            "chanrelay_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because the queue to stderr was full.",
+        );
+        let _ = writeln!(s, "chanrelay_log_lines_dropped_total {dropped}");
+    }
     header(
         &mut s,
         "chanrelay_forwarded_bytes_total",
