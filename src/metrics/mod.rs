@@ -110,14 +110,22 @@ pub struct ShardMetrics {
     pub connections_active: AtomicI64,
     pub connections_total: AtomicU64,
     /// Payload bytes and data frames delivered to readers of this shard's channels.
-    pub forwarded_bytes: AtomicU64,
-    pub forwarded_frames: AtomicU64,
+    pub forwarded: Forwarded,
     pub handoffs: AtomicU64,
     /// Channel ends by reason, indexed like `StreamEnd::ALL_LABELS`.
     ends: [AtomicU64; StreamEnd::ALL_LABELS.len()],
     lifetime: Histogram,
     time_to_pair: Histogram,
     channel_bytes: Histogram,
+}
+
+/// The counters the data path writes on every delivery, on lines of their own within the
+/// shard's block: the one field another shard writes (a handed-over connection's close
+/// updates `connections_active` of the shard that accepted it) never shares their line.
+#[repr(align(128))]
+pub struct Forwarded {
+    pub bytes: AtomicU64,
+    pub frames: AtomicU64,
 }
 
 impl Default for ShardMetrics {
@@ -133,8 +141,10 @@ impl ShardMetrics {
             channels_active: AtomicI64::new(0),
             connections_active: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
-            forwarded_bytes: AtomicU64::new(0),
-            forwarded_frames: AtomicU64::new(0),
+            forwarded: Forwarded {
+                bytes: AtomicU64::new(0),
+                frames: AtomicU64::new(0),
+            },
             handoffs: AtomicU64::new(0),
             ends: [const { AtomicU64::new(0) }; StreamEnd::ALL_LABELS.len()],
             lifetime: Histogram::new(&LIFETIME_BUCKETS_US),
@@ -145,8 +155,8 @@ impl ShardMetrics {
 
     /// Data delivered to a reader: one call per write, not per frame.
     pub fn forwarded(&self, bytes: u64, frames: u64) {
-        self.forwarded_bytes.fetch_add(bytes, Relaxed);
-        self.forwarded_frames.fetch_add(frames, Relaxed);
+        self.forwarded.bytes.fetch_add(bytes, Relaxed);
+        self.forwarded.frames.fetch_add(frames, Relaxed);
     }
 
     /// A channel left its shard's table: how it ended, how long it lived, the payload it
@@ -258,7 +268,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "Payload bytes delivered to readers, by the shard that owns the channel.",
     );
     per_shard(&mut s, "chanrelay_forwarded_bytes_total", &|m| {
-        load(&m.forwarded_bytes)
+        load(&m.forwarded.bytes)
     });
     header(
         &mut s,
@@ -267,7 +277,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "Data frames delivered to readers, by the shard that owns the channel.",
     );
     per_shard(&mut s, "chanrelay_forwarded_frames_total", &|m| {
-        load(&m.forwarded_frames)
+        load(&m.forwarded.frames)
     });
     header(
         &mut s,
