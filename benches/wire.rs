@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure protocol core (`chanrelay::wire`): frame header parse,
-//! in-place unmask (word loop vs a naive byte loop), the full forwarding pass
+//! in-place unmask (word loop vs a naive byte loop vs the runtime-detected vector path vs a
+//! plain copy), the full forwarding pass
 //! (`FrameForwarder::process` + `compact`: unmask and re-header), chunk encoding of forwarded
 //! frames for HTTP readers (`chunked::render_body`) and the WebSocket handshake.
 //!
@@ -69,6 +70,16 @@ fn bench_unmask(c: &mut Criterion) {
         });
         g.bench_function(format!("bytewise/{name}"), |b| {
             b.iter(|| unmask_bytewise(black_box(&mut data), black_box(MASK), black_box(1)))
+        });
+        // The vector path the relay uses (AVX2 when the CPU has it, else the word loop).
+        g.bench_function(format!("ring/{name}"), |b| {
+            b.iter(|| chanrelay::ring::unmask(black_box(&mut data), black_box(MASK), black_box(1)))
+        });
+        // For scale: a plain copy of the same bytes (one read and one write stream, as
+        // the unmask pass has).
+        let mut dst = vec![0u8; size];
+        g.bench_function(format!("copy/{name}"), |b| {
+            b.iter(|| dst.copy_from_slice(black_box(&data)))
         });
     }
     g.finish();
