@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure protocol core (`chanrelay::wire`): frame header parse,
-//! in-place unmask (word loop vs a naive byte loop), the full forwarding pass
+//! in-place unmask (word loop vs a naive byte loop vs the runtime-detected vector path vs a
+//! plain copy), the full forwarding pass
 //! (`FrameForwarder::process` + `compact`: unmask and re-header), chunk encoding of forwarded
 //! frames for HTTP readers (`chunked::render_body`) and the WebSocket handshake.
 //!
@@ -70,6 +71,16 @@ fn bench_unmask(c: &mut Criterion) {
         g.bench_function(format!("bytewise/{name}"), |b| {
             b.iter(|| unmask_bytewise(black_box(&mut data), black_box(MASK), black_box(1)))
         });
+        // The vector path the relay uses (AVX2 when the CPU has it, else the word loop).
+        g.bench_function(format!("ring/{name}"), |b| {
+            b.iter(|| chanrelay::ring::unmask(black_box(&mut data), black_box(MASK), black_box(1)))
+        });
+        // For scale: a plain copy of the same bytes (one read and one write stream, as
+        // the unmask pass has).
+        let mut dst = vec![0u8; size];
+        g.bench_function(format!("copy/{name}"), |b| {
+            b.iter(|| dst.copy_from_slice(black_box(&data)))
+        });
     }
     g.finish();
 }
@@ -88,19 +99,29 @@ fn bench_forward(c: &mut Criterion) {
             input.extend_from_slice(&frame[..frame.len().min(room)]);
         }
         g.throughput(Throughput::Bytes(BUF as u64));
-        g.bench_function(name, |b| {
-            let mut batch = Batch::default();
-            b.iter_batched_ref(
-                || input.clone(),
-                |buf| {
-                    let mut fwd = FrameForwarder::new(16 << 20);
-                    fwd.process(buf, &mut batch).expect("valid frames");
-                    let r = compact(buf, &batch.segments);
-                    black_box((r, batch.consumed));
-                },
-                BatchSize::LargeInput,
-            )
-        });
+        // `word`: the forwarder's own loop; `ring`: the unmask the relay's writer loop gives
+        // it (`ring::unmask`, AVX2 when the CPU has it), called through a function pointer.
+        type Unmask = fn(&mut [u8], [u8; 4], usize);
+        let unmasks: [(&str, Option<Unmask>); 2] =
+            [("word", None), ("ring", Some(chanrelay::ring::unmask))];
+        for (kind, unmask) in unmasks {
+            g.bench_function(format!("{name}/{kind}"), |b| {
+                let mut batch = Batch::default();
+                b.iter_batched_ref(
+                    || input.clone(),
+                    |buf| {
+                        let mut fwd = FrameForwarder::new(16 << 20);
+                        if let Some(f) = unmask {
+                            fwd = fwd.with_unmask(f);
+                        }
+                        fwd.process(buf, &mut batch).expect("valid frames");
+                        let r = compact(buf, &batch.segments);
+                        black_box((r, batch.consumed));
+                    },
+                    BatchSize::LargeInput,
+                )
+            });
+        }
     }
     g.finish();
 }

@@ -35,7 +35,7 @@ enum WriterExit {
 /// Reads the writer socket until the stream ends. Nothing is ever sent to the writer
 /// before its Close, except pongs it asked for and the Close of an abnormal end.
 pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Rc<Conn>, leftover: Vec<u8>) {
-    let mut fwd = FrameForwarder::new(shard.config().max_frame_bytes);
+    let mut fwd = FrameForwarder::new(shard.config().max_frame_bytes).with_unmask(ring::unmask);
     let exit = writer_loop(shard, ch, conn, &mut fwd, leftover).await;
     if ch.core.borrow_mut().writer_stopped() {
         ch.reader_wake.notify_one(); // the frame's end will not come

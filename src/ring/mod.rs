@@ -6,6 +6,7 @@ mod limits;
 mod listener;
 mod pool;
 mod runtime;
+mod unmask;
 mod watchdog;
 
 pub use conn::Conn;
@@ -13,4 +14,5 @@ pub use limits::{fd_limit, raise_fd_limit, FdLimit};
 pub use listener::{bind_reuseport, Listener, LISTEN_BACKLOG};
 pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES};
 pub use runtime::{spawn, spawn_pinned, uring_unavailable, RING_ENTRIES};
+pub use unmask::{unmask, unmask_is_vectorized};
 pub use watchdog::{Cut, Watchdog};

@@ -87,6 +87,11 @@ pub struct Piece {
     pub ends: bool,
 }
 
+/// An in-place unmask with the signature of [`unmask`]: `wire` is pure and has only the
+/// portable word loop; a faster one (vectors picked at run time, `ring::unmask`) is passed
+/// in by whoever runs the forwarder.
+pub type Unmask = fn(&mut [u8], [u8; 4], usize);
+
 /// Streaming state for one client connection.
 #[derive(Debug)]
 pub struct FrameForwarder {
@@ -94,6 +99,8 @@ pub struct FrameForwarder {
     state: State,
     /// Inside a fragmented data message (a non-FIN data frame was seen).
     in_message: bool,
+    /// Unmasks data payloads (control payloads are tiny and use the word loop).
+    unmask: Unmask,
 }
 
 impl FrameForwarder {
@@ -102,7 +109,14 @@ impl FrameForwarder {
             max_payload,
             state: State::Header,
             in_message: false,
+            unmask,
         }
+    }
+
+    /// Unmasks data payloads with `f` instead of the word loop (same result).
+    pub fn with_unmask(mut self, f: Unmask) -> Self {
+        self.unmask = f;
+        self
     }
 
     /// True when no frame is partly read (a clean point to stop).
@@ -129,7 +143,7 @@ impl FrameForwarder {
                     frame_len,
                 } => {
                     let take = remaining.min((len - pos) as u64) as usize;
-                    unmask(&mut buf[pos..pos + take], mask, offset);
+                    (self.unmask)(&mut buf[pos..pos + take], mask, offset);
                     push_segment(&mut out.segments, pos..pos + take);
                     let remaining = remaining - take as u64;
                     match out.pieces.last_mut() {
