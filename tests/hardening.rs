@@ -223,6 +223,56 @@ fn trickled_frames_are_held_at_about_their_size() {
         .all(|(i, f)| f.payload == [i as u8]));
 }
 
+/// A writer that paces its 64 KiB frames (an SDK writing a file piece by piece) to a
+/// channel with no reader: each read brings about one frame into a read buffer many times
+/// its size. The channel still takes what its `buffer_bytes` says — 10 MiB into 32 MiB —
+/// and answers the writer's Close, rather than counting each read's whole buffer and
+/// stopping, with the Close never read.
+#[test]
+fn paced_frames_fill_the_buffer_by_their_size_and_the_close_is_answered() {
+    const MIB: usize = 1 << 20;
+    let relay = RELAY.start();
+    let ch = relay.create_with(Some(&format!(r#"{{"buffer_bytes": {}}}"#, 32 * MIB)));
+    let mut w = relay.connect(&ch, "write");
+    w.stream.set_nodelay(true).unwrap();
+    let frames = 160; // 10 MiB
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for i in 0..frames {
+            w.send_binary(&pattern(64 << 10, i));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        w.send_close(1000, "");
+        let reply = w.expect_close("writer");
+        let _ = done_tx.send(reply);
+    });
+    let reply = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the writer's 10 MiB and Close were not taken by a 32 MiB channel within 30 s; \
+                 channel: {}",
+                relay.state(&ch.id)
+            )
+        });
+    assert_eq!(reply.0, 1000);
+    let held = buffered(&relay, &ch.id);
+    assert!(
+        held <= 12 * MIB as u64,
+        "held {held} bytes for 10 MiB of frames"
+    );
+    let mut r = relay.connect(&ch, "read");
+    let (got, code, _) = r.read_until_close("reader");
+    assert_eq!(code, 1000);
+    assert_eq!(got.len(), frames as usize);
+    for (i, f) in got.iter().enumerate() {
+        assert!(
+            f.payload == pattern(64 << 10, i as u32),
+            "frame {i} differs"
+        );
+    }
+}
+
 /// An HTTP upload of a large body trickled a byte at a time with no reader: held memory
 /// stays a small multiple of the bytes sent, not a frame buffer per read.
 #[test]

@@ -639,7 +639,13 @@ impl Core {
     pub fn push(&mut self, mut chunk: Chunk) -> Option<Vec<u8>> {
         let len = chunk.data_len();
         if let Some(tail) = self.queue.back_mut() {
-            if len <= COALESCE_MAX_BYTES && tail.buf.len() + len <= COALESCE_LIMIT_BYTES {
+            // A small chunk joins the last one; so does any chunk that fits the room left in
+            // the last one's buffer (a read that brought less than its buffer holds): the
+            // copy costs no memory, and the queue holds about its data, not a read buffer
+            // per read — a paced writer with no reader fills `buffer_bytes` with data.
+            let small = len <= COALESCE_MAX_BYTES && tail.buf.len() + len <= COALESCE_LIMIT_BYTES;
+            let fits = tail.buf.len() + len <= tail.buf.capacity();
+            if small || fits {
                 self.held -= tail.cost;
                 let freed = tail.absorb(chunk);
                 tail.cost = tail.measure();
