@@ -370,7 +370,9 @@ impl Harness {
 
     /// Lets every write finish and every loop run until the stream is over for both ends.
     fn settle(&mut self) {
-        for _ in 0..10_000 {
+        // Each round takes at most two of the writer's reads: bound it by their number (a
+        // stream read a byte at a time is tens of thousands of reads).
+        for _ in 0..10_000 + 2 * self.chunks.len() {
             self.apply(Event::ReaderWriteDone(true));
             self.apply(Event::WriterWriteDone);
             self.apply(Event::WriterData);
@@ -386,7 +388,11 @@ impl Harness {
                 }
             }
         }
-        panic!("the stream never ended");
+        panic!(
+            "the stream never ended: {} reads left, end {:?}",
+            self.chunks.len(),
+            self.core.end()
+        );
     }
 }
 
