@@ -13,7 +13,7 @@
 //! - [`ChannelWriter`] has [`write`](ChannelWriter::write) (split into binary frames of at most
 //!   64 KiB), [`send_message`](ChannelWriter::send_message) (text frames),
 //!   [`close`](ChannelWriter::close), [`tokio::io::AsyncWrite`] (small writes gathered into
-//!   64 KiB frames) and [`futures_util::Sink`]`<`[`Bytes`](bytes::Bytes)`>` (no copy).
+//!   64 KiB frames) and [`futures_util::Sink`]`<`[`Bytes`](bytes::Bytes)`>` (cut into frames without copying; the WebSocket layer then masks each frame into its write buffer, as every client must).
 //! - [`ChannelReader`] has [`next_binary`](ChannelReader::next_binary),
 //!   [`read_all`](ChannelReader::read_all), [`on_message`](ChannelReader::on_message),
 //!   [`futures_core::Stream`] of [`Bytes`](bytes::Bytes), [`tokio::io::AsyncRead`], and

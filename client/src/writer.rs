@@ -64,7 +64,7 @@ enum CloseStep {
 /// small writes are gathered into full frames of [`MAX_FRAME_BYTES`] (as the SDKs send
 /// them), a frame goes out once full, `flush` sends the partial one, and `shutdown` flushes
 /// and then is `close()`. And it is a [`Sink<Bytes>`](futures_util::Sink): each `Bytes`
-/// goes out as binary frames of at most [`MAX_FRAME_BYTES`], sliced without copying.
+/// goes out as binary frames of at most [`MAX_FRAME_BYTES`], sliced without copying (the WebSocket layer masks each frame into its write buffer, the one copy every client makes).
 /// Data buffered by `AsyncWrite` or `Sink` goes out before anything sent afterwards by
 /// [`write`](Self::write), [`send_message`](Self::send_message) or [`close`](Self::close).
 ///
@@ -562,7 +562,7 @@ impl Sink<Bytes> for ChannelWriter {
         this.poll_ready_to_send(cx)
     }
 
-    /// Sends `item` as binary frames of at most [`MAX_FRAME_BYTES`] (slices of it, no copy).
+    /// Sends `item` as binary frames of at most [`MAX_FRAME_BYTES`] (slices of it, not copies; masking writes each into the WebSocket write buffer).
     /// An empty item sends nothing.
     fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<()> {
         let this = self.get_mut();
