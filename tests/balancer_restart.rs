@@ -16,6 +16,7 @@ mod lb;
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,6 +50,19 @@ const OUTAGE_CREATES: usize = 12;
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static ONE: Mutex<()> = Mutex::new(());
     ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The three node relays and the stand-in engine behind HAProxy, every node ready.
+fn fleet_behind_haproxy(haproxy: &Path, openssl: &Path) -> (Vec<Relay>, Layout, Balancer) {
+    let engine = start_engine();
+    let relays: Vec<Relay> = NODES
+        .iter()
+        .map(|n| RELAY.with_config(&node_config(n)))
+        .collect();
+    let layout = Layout::of_relays(engine, &relays);
+    let lb = start_haproxy(haproxy, openssl, &layout);
+    wait_all_ready(layout.control);
+    (relays, layout, lb)
 }
 
 fn node_config(node: &str) -> String {
@@ -342,14 +356,7 @@ fn rolling_restart_loses_no_channel() {
         return;
     };
     let _one = one_at_a_time();
-    let engine = start_engine();
-    let mut relays: Vec<Relay> = NODES
-        .iter()
-        .map(|n| RELAY.with_config(&node_config(n)))
-        .collect();
-    let layout = Layout::of_relays(engine, &relays);
-    let _lb = start_haproxy(&haproxy, &openssl, &layout);
-    wait_all_ready(layout.control);
+    let (mut relays, layout, _lb) = fleet_behind_haproxy(&haproxy, &openssl);
     const VICTIM: usize = 1;
     let (victim_data, victim_control) = (relays[VICTIM].data, relays[VICTIM].control);
 
@@ -486,14 +493,7 @@ fn dead_node_ends_only_its_own_channels() {
         return;
     };
     let _one = one_at_a_time();
-    let engine = start_engine();
-    let mut relays: Vec<Relay> = NODES
-        .iter()
-        .map(|n| RELAY.with_config(&node_config(n)))
-        .collect();
-    let layout = Layout::of_relays(engine, &relays);
-    let _lb = start_haproxy(&haproxy, &openssl, &layout);
-    wait_all_ready(layout.control);
+    let (mut relays, layout, _lb) = fleet_behind_haproxy(&haproxy, &openssl);
     const VICTIM: usize = 2;
 
     let go = Barrier::new(KILL_CHANNELS + 1);

@@ -143,15 +143,7 @@ fn real_iii_sdk_clients_through_haproxy_over_tls() {
         .expect("run bash tests/sdk/run.sh");
     // run.sh bounds each suite itself (420 s + 300 s); this only catches a stuck script.
     let out = wait_output(child, Duration::from_secs(780), "tests/sdk/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "tests/sdk/run.sh through HAProxy over TLS failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = assert_script_ok(&out, "tests/sdk/run.sh through HAProxy over TLS");
     for suite in ["sdk-python: ", "sdk-node: "] {
         let line = stdout
             .lines()

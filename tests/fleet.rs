@@ -49,14 +49,19 @@ fn refusals_421(relay: &Relay) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// `chanrelay mint-ref` of the binary under test, with `args`.
-fn mint(args: &[&str]) -> Value {
-    let out = Command::new(RELAY.bin())
+/// Runs `chanrelay mint-ref` of the binary under test, with `args`.
+fn run_mint(args: &[&str]) -> std::process::Output {
+    Command::new(RELAY.bin())
         .arg("mint-ref")
         .args(args)
         .env("CHANRELAY_SIGNING_SECRET", SECRET)
         .output()
-        .expect("run mint-ref");
+        .expect("run mint-ref")
+}
+
+/// The refs `chanrelay mint-ref` prints for `args`.
+fn mint(args: &[&str]) -> Value {
+    let out = run_mint(args);
     assert!(
         out.status.success(),
         "mint-ref {args:?}: {}",
@@ -249,12 +254,7 @@ fn mint_ref_takes_only_valid_node_ids() {
         &["--node-id", "r2~x"],
         &["--node-id", "r2", "--channel-id", "a~b"],
     ] {
-        let out = Command::new(RELAY.bin())
-            .arg("mint-ref")
-            .args(args)
-            .env("CHANRELAY_SIGNING_SECRET", SECRET)
-            .output()
-            .expect("run mint-ref");
+        let out = run_mint(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(err.contains("invalid"), "{args:?}: {err}");

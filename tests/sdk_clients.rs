@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use chanrelay_testkit::relay_bin;
+use chanrelay_testkit::{assert_script_ok, relay_bin};
 
 #[test]
 fn real_iii_sdk_clients_against_relay() {
@@ -32,15 +32,7 @@ fn real_iii_sdk_clients_against_relay() {
         .env_remove("CHANRELAY_CONTROL")
         .output()
         .expect("failed to run bash tests/sdk/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "tests/sdk/run.sh failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    assert_script_ok(&out, "tests/sdk/run.sh");
 }
 
 /// The minting snippets `docs/deployment.md` shows are the files the SDK suites run

@@ -443,15 +443,24 @@ impl Stream for Messages<'_> {
             let rest = std::mem::take(&mut this.pending);
             return Poll::Ready(Some(Ok(Message::Binary(rest))));
         }
-        match ready!(this.poll_next_message(cx)) {
-            Ok(Some(m)) => Poll::Ready(Some(Ok(m))),
+        let next = ready!(this.poll_next_message(cx));
+        Poll::Ready(this.stream_item(next))
+    }
+}
+
+impl ChannelReader {
+    /// A stream's item from the next read: `None` (and the stream finished) after a clean
+    /// end; an abnormal end yields its error once, then `None`.
+    fn stream_item<T>(&mut self, next: Result<Option<T>>) -> Option<Result<T>> {
+        match next {
+            Ok(Some(item)) => Some(Ok(item)),
             Ok(None) => {
-                this.stream_finished = true;
-                Poll::Ready(None)
+                self.stream_finished = true;
+                None
             }
             Err(e) => {
-                this.stream_finished = true;
-                Poll::Ready(Some(Err(e)))
+                self.stream_finished = true;
+                Some(Err(e))
             }
         }
     }
@@ -470,17 +479,8 @@ impl Stream for ChannelReader {
         if !this.pending.is_empty() {
             return Poll::Ready(Some(Ok(std::mem::take(&mut this.pending))));
         }
-        match ready!(this.poll_next_binary(cx)) {
-            Ok(Some(b)) => Poll::Ready(Some(Ok(b))),
-            Ok(None) => {
-                this.stream_finished = true;
-                Poll::Ready(None)
-            }
-            Err(e) => {
-                this.stream_finished = true;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
+        let next = ready!(this.poll_next_binary(cx));
+        Poll::Ready(this.stream_item(next))
     }
 }
 

@@ -231,6 +231,12 @@ impl Channel {
         self.last_activity.set(Instant::now());
     }
 
+    /// Most bytes this channel may hold now: its own limit, or its stream's share of the
+    /// shard's budget (WebSocket writers and HTTP uploads share it) if that is smaller.
+    pub fn hold_limit(&self, pool: &crate::ring::BufPool) -> usize {
+        self.limit.min(pool.stream_hold_share())
+    }
+
     /// Data delivered to the reader, counted for the channel and its shard.
     pub fn add_forwarded(&self, stats: &ShardMetrics, bytes: u64, frames: u64) {
         let mut core = self.core.borrow_mut();

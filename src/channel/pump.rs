@@ -99,7 +99,7 @@ async fn writer_loop(
         }
         // Idle or trickling writers park a small read; streaming ones get their share of
         // the shard's read budget (never more than the channel may hold).
-        let limit = ch.limit.min(shard.pool.stream_hold_share());
+        let limit = ch.hold_limit(&shard.pool);
         let want = if small {
             SMALL_READ_BYTES
         } else {

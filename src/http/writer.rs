@@ -82,7 +82,7 @@ fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize, pool: &BufPool) {
 async fn wait_for_room(ch: &Channel, pool: &BufPool) {
     loop {
         let held = ch.held();
-        let limit = ch.limit.min(pool.stream_hold_share());
+        let limit = ch.hold_limit(pool);
         let need = HEADROOM + UPLOAD_FRAME_BYTES + TAILROOM + READ_RECORDS_BYTES;
         if ch.end().is_some() || held == 0 || held + need <= limit {
             return;

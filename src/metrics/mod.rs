@@ -193,10 +193,16 @@ pub fn render(shards: &[ShardMetrics]) -> String {
     let header = |s: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    let per_shard = |s: &mut String, name: &str, f: &dyn Fn(&ShardMetrics) -> i64| {
+    // A family with one series per shard, and a family with one unlabelled value.
+    let per_shard = |s: &mut String, name, kind, help, f: &dyn Fn(&ShardMetrics) -> i64| {
+        header(s, name, kind, help);
         for (i, m) in shards.iter().enumerate() {
             let _ = writeln!(s, "{name}{{shard=\"{i}\"}} {}", f(m));
         }
+    };
+    let single = |s: &mut String, name, kind, help, v: i64| {
+        header(s, name, kind, help);
+        let _ = writeln!(s, "{name} {v}");
     };
     header(
         &mut s,
@@ -209,84 +215,71 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "chanrelay_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    header(
+    per_shard(
         &mut s,
         "chanrelay_channels_active",
         "gauge",
         "Channels registered now, by shard.",
+        &|m| m.channels_active.load(Relaxed),
     );
-    per_shard(&mut s, "chanrelay_channels_active", &|m| {
-        m.channels_active.load(Relaxed)
-    });
-    header(
+    single(
         &mut s,
         "chanrelay_channels_created_total",
         "counter",
         "Channels created.",
+        sum(&|m| load(&m.channels_created)),
     );
-    let created = sum(&|m| load(&m.channels_created));
-    let _ = writeln!(s, "chanrelay_channels_created_total {created}");
-    header(
+    per_shard(
         &mut s,
         "chanrelay_connections_active",
         "gauge",
         "Data-plane connections open now, by the shard that accepted them.",
+        &|m| m.connections_active.load(Relaxed),
     );
-    per_shard(&mut s, "chanrelay_connections_active", &|m| {
-        m.connections_active.load(Relaxed)
-    });
-    header(
+    per_shard(
         &mut s,
         "chanrelay_connections_total",
         "counter",
         "Data-plane connections accepted, by shard.",
+        &|m| load(&m.connections_total),
     );
-    per_shard(&mut s, "chanrelay_connections_total", &|m| {
-        load(&m.connections_total)
-    });
-    header(
+    single(
         &mut s,
         "chanrelay_control_connections_total",
         "counter",
         "Control-API connections accepted.",
+        load(&METRICS.control_connections_total),
     );
-    let control = METRICS.control_connections_total.load(Relaxed);
-    let _ = writeln!(s, "chanrelay_control_connections_total {control}");
     if let Some(dropped) = crate::oplog::dropped_lines() {
-        header(
+        single(
             &mut s,
             "chanrelay_log_lines_dropped_total",
             "counter",
             "Log lines dropped because the queue to stderr was full.",
+            dropped as i64,
         );
-        let _ = writeln!(s, "chanrelay_log_lines_dropped_total {dropped}");
     }
-    header(
+    per_shard(
         &mut s,
         "chanrelay_forwarded_bytes_total",
         "counter",
         "Payload bytes delivered to readers, by the shard that owns the channel.",
+        &|m| load(&m.forwarded.bytes),
     );
-    per_shard(&mut s, "chanrelay_forwarded_bytes_total", &|m| {
-        load(&m.forwarded.bytes)
-    });
-    header(
+    per_shard(
         &mut s,
         "chanrelay_forwarded_frames_total",
         "counter",
         "Data frames delivered to readers, by the shard that owns the channel.",
+        &|m| load(&m.forwarded.frames),
     );
-    per_shard(&mut s, "chanrelay_forwarded_frames_total", &|m| {
-        load(&m.forwarded.frames)
-    });
-    header(
+    single(
         &mut s,
         "chanrelay_handoffs_total",
         "counter",
         "Connections handed to the shard that owns their channel.",
+        sum(&|m| load(&m.handoffs)),
     );
-    let handoffs = sum(&|m| load(&m.handoffs));
-    let _ = writeln!(s, "chanrelay_handoffs_total {handoffs}");
     header(
         &mut s,
         "chanrelay_refusals_total",

@@ -2,7 +2,7 @@
 //! together, politely first. And one thread of a child stopped while the rest runs on
 //! ([`StoppedThread`]), with the threads of a process listed ([`threads_of`]).
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// Sends SIGTERM to `child`'s process group, waits up to `grace` for the child to exit
@@ -93,4 +93,19 @@ pub fn threads_of(pid: u32) -> Vec<(u32, String)> {
         Some((tid, comm.trim().to_string()))
     })
     .collect()
+}
+
+/// Shows a finished script's output (stdout to the test's stdout, stderr to its stderr) and
+/// panics, with both, unless it exited 0; returns its stdout.
+pub fn assert_script_ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
 }

@@ -448,10 +448,6 @@ def rust_cmd() -> list[str] | None:
     return [binary, "--helper"] if binary and os.access(binary, os.X_OK) else None
 
 
-async def run_node_helper(spec: dict) -> dict:
-    return await run_helper(node_cmd(), "node", spec)
-
-
 async def run_helper(cmd: list[str], who: str, spec: dict) -> dict:
     proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
@@ -508,71 +504,62 @@ async def case_minted_refs(base: str, control: str) -> str:
     return f"test vectors match; {len(data)} B over a ref minted without the control API"
 
 
-async def case_cross_node_to_py(base: str, control: str) -> str:
+async def helper_writes_to_py(base: str, control: str, cmd: list[str], who: str, seed: int) -> dict:
+    """Another SDK's writer (a helper process) streams to a Python SDK reader; returns the
+    helper's result."""
     ch = await create_channel(control)
-    data, msgs = make_payload(4), make_messages("node->py")
+    data, msgs = make_payload(seed), make_messages(f"{who}->py")
     with tempfile.NamedTemporaryFile(prefix="chanrelay-sdk-", delete=False) as f:
         f.write(data)
         path = f.name
     try:
         rtask = asyncio.create_task(py_read(base, ch["reader"]))
         await wait_state(control, ch["channel_id"], lambda s: s.get("reader_connected") is True, "reader_connected")
-        wres = await run_node_helper({"role": "write", "base": base, "ref": ch["writer"],
-                                      "data_file": path, "messages": msgs})
+        wres = await run_helper(cmd, who, {"role": "write", "base": base, "ref": ch["writer"],
+                                           "data_file": path, "messages": msgs})
         rres = await rtask
     finally:
         os.unlink(path)
-    check(wres.get("close_code") == 1000, f"node writer: relay replied close {wres.get('close_code')}, expected 1000")
     check_reader(rres, data, msgs, "python reader")
+    return wres
+
+
+async def py_writes_to_helper(base: str, control: str, cmd: list[str], who: str, seed: int) -> dict:
+    """A Python SDK writer streams (and closes) with no reader; then another SDK's reader (a
+    helper process) reads it all. Returns the helper's result, its bytes and messages checked."""
+    ch = await create_channel(control, buffer_bytes=32 * MiB)
+    data, msgs = make_payload(seed), make_messages(f"py->{who}")
+    wres = await py_write(base, ch["writer"], data, msgs)
+    check_writer(wres, "python writer")
+    rres = await run_helper(cmd, who, {"role": "read", "base": base, "ref": ch["reader"]})
+    check(rres["n"] == len(data), f"{who} reader: got {rres['n']} bytes, expected {len(data)}")
+    check(rres["sha256"] == sha(data), f"{who} reader: sha256 mismatch")
+    got = [m for _, m in rres["msgs"]]
+    check(got == msgs, f"{who} reader: messages {[short(m) for m in got]} != {[short(m) for m in msgs]}")
+    offs = [o for o, _ in rres["msgs"]]
+    check(offs == expected_offsets(len(data)), f"{who} reader: message offsets {offs}")
+    return rres
+
+
+async def case_cross_node_to_py(base: str, control: str) -> str:
+    wres = await helper_writes_to_py(base, control, node_cmd(), "node", 4)
+    check(wres.get("close_code") == 1000, f"node writer: relay replied close {wres.get('close_code')}, expected 1000")
     return "node writer -> python reader ok"
 
 
 async def case_cross_py_to_node(base: str, control: str) -> str:
-    ch = await create_channel(control, buffer_bytes=32 * MiB)
-    data, msgs = make_payload(5), make_messages("py->node")
-    wres = await py_write(base, ch["writer"], data, msgs)
-    check_writer(wres, "python writer")
-    rres = await run_node_helper({"role": "read", "base": base, "ref": ch["reader"]})
+    rres = await py_writes_to_helper(base, control, node_cmd(), "node", 5)
     check(rres.get("close_code") == 1000, f"node reader: relay closed with {rres.get('close_code')}, expected 1000")
-    check(rres["n"] == len(data), f"node reader: got {rres['n']} bytes, expected {len(data)}")
-    check(rres["sha256"] == sha(data), "node reader: sha256 mismatch")
-    got = [m for _, m in rres["msgs"]]
-    check(got == msgs, f"node reader: messages {[short(m) for m in got]} != {[short(m) for m in msgs]}")
-    offs = [o for o, _ in rres["msgs"]]
-    check(offs == expected_offsets(len(data)), f"node reader: message offsets {offs}")
     return "python writer -> node reader ok"
 
 
 async def case_cross_rust_to_py(base: str, control: str) -> str:
-    ch = await create_channel(control)
-    data, msgs = make_payload(8), make_messages("rust->py")
-    with tempfile.NamedTemporaryFile(prefix="chanrelay-sdk-", delete=False) as f:
-        f.write(data)
-        path = f.name
-    try:
-        rtask = asyncio.create_task(py_read(base, ch["reader"]))
-        await wait_state(control, ch["channel_id"], lambda s: s.get("reader_connected") is True, "reader_connected")
-        await run_helper(rust_cmd(), "rust", {"role": "write", "base": base, "ref": ch["writer"],
-                                              "data_file": path, "messages": msgs})
-        rres = await rtask
-    finally:
-        os.unlink(path)
-    check_reader(rres, data, msgs, "python reader")
+    await helper_writes_to_py(base, control, rust_cmd(), "rust", 8)
     return "rust writer -> python reader ok"
 
 
 async def case_cross_py_to_rust(base: str, control: str) -> str:
-    ch = await create_channel(control, buffer_bytes=32 * MiB)
-    data, msgs = make_payload(9), make_messages("py->rust")
-    wres = await py_write(base, ch["writer"], data, msgs)
-    check_writer(wres, "python writer")
-    rres = await run_helper(rust_cmd(), "rust", {"role": "read", "base": base, "ref": ch["reader"]})
-    check(rres["n"] == len(data), f"rust reader: got {rres['n']} bytes, expected {len(data)}")
-    check(rres["sha256"] == sha(data), "rust reader: sha256 mismatch")
-    got = [m for _, m in rres["msgs"]]
-    check(got == msgs, f"rust reader: messages {[short(m) for m in got]} != {[short(m) for m in msgs]}")
-    offs = [o for o, _ in rres["msgs"]]
-    check(offs == expected_offsets(len(data)), f"rust reader: message offsets {offs}")
+    await py_writes_to_helper(base, control, rust_cmd(), "rust", 9)
     return "python writer -> rust reader ok"
 
 

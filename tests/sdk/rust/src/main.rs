@@ -308,6 +308,22 @@ async fn wait_gone(control: &str, id: &str) -> Result<Duration, String> {
     ))
 }
 
+/// A reader task for `ch`, returned once the relay says the reader is connected.
+async fn spawn_connected_reader(
+    base: &str,
+    control: &str,
+    ch: &Value,
+) -> Result<tokio::task::JoinHandle<ReadResult>, String> {
+    let (base, r) = (base.to_owned(), sdk_ref(ch, "reader")?);
+    let reader = tokio::spawn(async move { sdk_read(&base, &r).await });
+    let id = ch["channel_id"].as_str().unwrap_or_default();
+    wait_state(control, id, "reader_connected", |s| {
+        s["reader_connected"] == true
+    })
+    .await?;
+    Ok(reader)
+}
+
 /// A writer that writes 64 KiB chunks until a write fails (at most 1 GiB): the bytes it got
 /// out and the error, or an error if nothing stopped it.
 fn spawn_endless_writer(
@@ -339,13 +355,7 @@ async fn case_reader_first(base: String, control: String) -> CaseResult {
         make_payload(1, DATA_SIZE),
         make_messages("rust-reader-first"),
     );
-    let rref = sdk_ref(&ch, "reader")?;
-    let b = base.clone();
-    let reader = tokio::spawn(async move { sdk_read(&b, &rref).await });
-    wait_state(&control, &id, "reader_connected", |s| {
-        s["reader_connected"] == true
-    })
-    .await?;
+    let reader = spawn_connected_reader(&base, &control, &ch).await?;
     check(!reader.is_finished(), || {
         "reader finished before the writer connected".into()
     })?;
@@ -452,13 +462,7 @@ async fn case_bad_key(base: String, control: String) -> CaseResult {
 async fn case_abort_streaming(base: String, control: String) -> CaseResult {
     let ch = create_channel(&control, None).await?;
     let id = ch["channel_id"].as_str().unwrap_or_default().to_owned();
-    let rref = sdk_ref(&ch, "reader")?;
-    let b = base.clone();
-    let reader = tokio::spawn(async move { sdk_read(&b, &rref).await });
-    wait_state(&control, &id, "reader_connected", |s| {
-        s["reader_connected"] == true
-    })
-    .await?;
+    let reader = spawn_connected_reader(&base, &control, &ch).await?;
     let writer = spawn_endless_writer(&base, sdk_ref(&ch, "writer")?, 7);
     wait_state(&control, &id, "1 MiB forwarded", |s| {
         s["bytes_forwarded"].as_u64().unwrap_or(0) >= MIB as u64
@@ -529,13 +533,7 @@ async fn case_reader_gone(base: String, control: String) -> CaseResult {
 async fn case_writer_gone(base: String, control: String) -> CaseResult {
     let ch = create_channel(&control, None).await?;
     let id = ch["channel_id"].as_str().unwrap_or_default().to_owned();
-    let rref = sdk_ref(&ch, "reader")?;
-    let b = base.clone();
-    let reader = tokio::spawn(async move { sdk_read(&b, &rref).await });
-    wait_state(&control, &id, "reader_connected", |s| {
-        s["reader_connected"] == true
-    })
-    .await?;
+    let reader = spawn_connected_reader(&base, &control, &ch).await?;
     let data = make_payload(8, MIB + 12345);
     {
         let w = ChannelWriter::new(&base, &sdk_ref(&ch, "writer")?);
@@ -639,25 +637,19 @@ async fn case_cross_rust_to_node(base: String, control: String) -> CaseResult {
 
 async fn case_cross_node_to_rust(base: String, control: String) -> CaseResult {
     let ch = create_channel(&control, None).await?;
-    let id = ch["channel_id"].as_str().unwrap_or_default().to_owned();
     let (data, msgs) = (make_payload(5, DATA_SIZE), make_messages("node->rust"));
     let path = std::env::temp_dir().join(format!("chanrelay-sdk-rust-{}", std::process::id()));
     std::fs::write(&path, &data).map_err(|e| e.to_string())?;
-    let rref = sdk_ref(&ch, "reader")?;
-    let b = base.clone();
-    let reader = tokio::spawn(async move { sdk_read(&b, &rref).await });
     let written = async {
-        wait_state(&control, &id, "reader_connected", |s| {
-            s["reader_connected"] == true
-        })
-        .await?;
-        run_node_helper(json!({"role": "write", "base": base, "ref": ch["writer"],
+        let reader = spawn_connected_reader(&base, &control, &ch).await?;
+        let wres = run_node_helper(json!({"role": "write", "base": base, "ref": ch["writer"],
             "data_file": path, "messages": msgs}))
-        .await
+        .await?;
+        Ok::<_, String>((reader, wres))
     }
     .await;
     let _ = std::fs::remove_file(&path);
-    let wres = written?;
+    let (reader, wres) = written?;
     check(wres["close_code"] == 1000, || {
         format!("node writer: relay replied close {}", wres["close_code"])
     })?;
