@@ -43,8 +43,9 @@ fn main() {
     let usage = "usage: fixed_buffers_ab vec|fixed STREAMS MIB_PER_STREAM READ_SIZE [FORWARD_CPU CLIENT_CPU]";
     let mode = args.first().expect(usage).clone();
     let fixed = match mode.as_str() {
-        "vec" => false,
-        "fixed" => true,
+        "vec" => 0,
+        "fixed" => 1,
+        "fixedread" => 2,
         _ => panic!("{usage}"),
     };
     let streams: usize = args.get(1).expect(usage).parse().expect(usage);
@@ -120,10 +121,10 @@ async fn forward(
     listener: std::net::TcpListener,
     streams: usize,
     read_size: usize,
-    fixed: bool,
+    fixed: u8,
 ) -> f64 {
     let listener = tokio_uring::net::TcpListener::from_std(listener);
-    let pool = fixed.then(|| {
+    let pool = (fixed > 0).then(|| {
         let pool = FixedBufPool::new((0..streams).map(|_| Vec::<u8>::with_capacity(read_size)));
         pool.register().expect("register the buffers");
         Rc::new(pool)
@@ -148,7 +149,11 @@ async fn forward(
                         if n == 0 {
                             break;
                         }
-                        let (res, slice) = dst.write_fixed_all(b.slice(..n)).await;
+                        let (res, slice) = if fixed == 1 {
+                            dst.write_fixed_all(b.slice(..n)).await
+                        } else {
+                            dst.write_all(b.slice(..n)).await
+                        };
                         res.expect("write");
                         buf = slice.into_inner();
                     }
@@ -173,5 +178,28 @@ async fn forward(
     for t in tasks {
         t.await.expect("forwarding task");
     }
-    thread_cpu_s() - cpu0
+    thread_cpu_s() - cpu0 + io_worker_cpu_s()
+}
+
+/// CPU seconds of the io_uring worker threads (`iou-wrk-*`) the forwarding thread's ring
+/// started: work punted off the submitting thread still counts.
+fn io_worker_cpu_s() -> f64 {
+    let mut ticks = 0u64;
+    for t in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("iou-wrk") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 {
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    eprintln!("io workers: {:.2} s", ticks as f64 / 100.0);
+    ticks as f64 / 100.0
 }

@@ -35,6 +35,9 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 1 << 20;
 /// Buffer memory per shard shared by its active streams: each holds at most
 /// `budget / streams` (and its channel's `buffer_bytes`) and reads a quarter of that.
 pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 96 << 20;
+/// Memory per shard registered with its io_uring for the reads of many concurrent streams
+/// (64–256 KiB reads); registered once the shard first reads that size, pinned from then on.
+pub const DEFAULT_REGISTERED_BUFFER_BYTES: usize = 32 << 20;
 /// Read size for an idle or trickling writer (keeps idle ends cheap); a streaming writer
 /// gets its share of `stream_budget_bytes`. (Readers' pings are read in 512-byte reads.)
 pub const SMALL_READ_BYTES: usize = 2 << 10;
@@ -71,6 +74,8 @@ pub const DEFAULT_MAX_UNCONNECTED_CHANNELS: usize = 100_000;
 pub const DEFAULT_MAX_USED_SIGNED_REFS: usize = 100_000;
 /// Most shards (threads, each with its ring and listeners) a relay runs.
 pub const MAX_SHARDS: usize = 1024;
+/// Largest `registered_buffer_bytes` (the kernel registers at most 16,384 buffers a ring).
+pub const MAX_REGISTERED_BUFFER_BYTES: usize = 1 << 30;
 /// Smallest `read_buffer_bytes`.
 pub const MIN_READ_BUFFER_BYTES: usize = 4 << 10;
 /// Longest `node_id` (it prefixes every channel id the relay creates, which is at most 128
@@ -109,6 +114,8 @@ pub struct Config {
     pub abandoned_timeout_s: u64,
     pub read_buffer_bytes: usize,
     pub stream_budget_bytes: usize,
+    /// Read-buffer memory per shard registered with the ring (0 = none).
+    pub registered_buffer_bytes: usize,
     /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
     pub path_prefix: String,
     /// Time a function has to connect to a routed request's response channel.
@@ -168,6 +175,7 @@ impl Default for Config {
             abandoned_timeout_s: DEFAULT_ABANDONED_TIMEOUT_S,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
+            registered_buffer_bytes: DEFAULT_REGISTERED_BUFFER_BYTES,
             path_prefix: String::new(),
             ingress_timeout_ms: DEFAULT_INGRESS_TIMEOUT_MS,
             subscriber_queue_events: DEFAULT_SUBSCRIBER_QUEUE_EVENTS,
@@ -311,6 +319,12 @@ impl Config {
             1 << 20,
             1 << 40,
         )?;
+        in_range(
+            "registered_buffer_bytes",
+            self.registered_buffer_bytes as u64,
+            0,
+            MAX_REGISTERED_BUFFER_BYTES as u64,
+        )?;
         if self
             .control_token
             .as_ref()
@@ -437,6 +451,10 @@ mod tests {
             ("max_frame_bytes = 1", "max_frame_bytes"),
             ("drain_timeout_s = 99999999", "drain_timeout_s"),
             ("stream_budget_bytes = 1", "stream_budget_bytes"),
+            (
+                "registered_buffer_bytes = 17179869184",
+                "registered_buffer_bytes",
+            ),
             ("signing_secret = \"short\"", "signing_secret"),
             ("control_token = \"\"", "control_token"),
             ("control_token = \"a b\"", "control_token"),

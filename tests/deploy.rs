@@ -67,6 +67,8 @@ fn the_unit_waits_for_readiness_and_outlasts_the_drain() {
         "TimeoutStopSec={stop} does not outlast the drain"
     );
     // Enough descriptors for the default max_connections on the largest relay.
+    // Registered buffers are locked memory, bounded by the relay's own configuration.
+    assert_eq!(one(&s, "LimitMEMLOCK"), "infinity");
     let nofile: u64 = one(&s, "LimitNOFILE").parse().expect("a number");
     let need = fds_needed(&Config {
         shards: MAX_SHARDS,

@@ -178,7 +178,7 @@ impl Channel {
     /// reader is gone.
     pub fn reader_wrote(
         self: &Rc<Self>,
-        buf: Option<Vec<u8>>,
+        buf: Option<crate::ring::Buffer>,
         cost: usize,
         ok: bool,
         pool: &crate::ring::BufPool,

@@ -14,7 +14,7 @@ use super::shard::Shard;
 use super::state::{Busy, CloseHow, Core, Offer, PingVerdict, ReaderStep};
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
-use crate::ring::{self, Conn, Cut, Watchdog};
+use crate::ring::{self, Buffer, Conn, Cut, Watchdog};
 use crate::wire::forward::{compact, Batch, FrameForwarder};
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 
@@ -122,7 +122,7 @@ async fn writer_loop(
         buf.extend_from_slice(&carry);
         if !pending_input {
             let room = size - buf.len();
-            let (res, b) = conn.read_append(buf, room).await;
+            let (res, b) = conn.read_into(buf, room).await;
             buf = b;
             match res {
                 Ok(0) | Err(_) => {
@@ -280,9 +280,9 @@ pub const MAX_IOVECS_PER_WRITE: usize = 64;
 /// moved together and written once.
 pub async fn send_segments(
     conn: &Conn,
-    mut buf: Vec<u8>,
+    mut buf: Buffer,
     segments: &[std::ops::Range<usize>],
-) -> (std::io::Result<()>, Vec<u8>) {
+) -> (std::io::Result<()>, Buffer) {
     if segments.len() > MAX_IOVECS_PER_WRITE {
         let range = compact(&mut buf, segments);
         conn.write_range(buf, range).await

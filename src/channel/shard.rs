@@ -200,6 +200,18 @@ impl Shard {
         self.shared.config.node_id.as_deref()
     }
 
+    /// The shard's loop turned: stamps its heartbeat (`/healthz`) and publishes what its
+    /// buffer pool counts to its metrics.
+    pub fn heartbeat(&self) {
+        self.shared.heartbeats[self.index].beat();
+        let m = self.stats();
+        let (registered, heap) = self.pool.stream_buffers_handed_out();
+        m.registered_buffer_bytes
+            .store(self.pool.registered_bytes() as i64, Relaxed);
+        m.stream_buffers_registered.store(registered, Relaxed);
+        m.stream_buffers_heap.store(heap, Relaxed);
+    }
+
     /// Refuses (421) a channel id that names another node.
     pub fn check_node(&self, channel_id: &str) -> Result<(), Refusal> {
         check_node(self.node_id(), channel_id)
@@ -211,6 +223,7 @@ impl Shard {
             pool: BufPool::new(
                 shared.config.read_buffer_bytes,
                 shared.config.stream_budget_bytes,
+                shared.config.registered_buffer_bytes,
             ),
             shared,
             channels: RefCell::new(HashMap::new()),

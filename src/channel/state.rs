@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use crate::error::StreamEnd;
+use crate::ring::Buffer;
 use crate::wire::chunked::CHUNK_CRLF_LEN;
 use crate::wire::forward::Piece;
 use crate::wire::frame::{
@@ -73,7 +74,7 @@ pub const SHRINK_SLACK_BYTES: usize = 1 << 10;
 /// WebSocket reader sends (`segments`) and the frame pieces an HTTP reader renders.
 #[derive(Debug, Default)]
 pub struct Chunk {
-    pub buf: Vec<u8>,
+    pub buf: Buffer,
     pub segments: Vec<Range<usize>>,
     pub pieces: Vec<Piece>,
     /// The chunk ends exactly at a frame boundary.
@@ -87,7 +88,7 @@ pub struct Chunk {
 
 impl Chunk {
     /// What the frame forwarder made of `buf` (its ranges taken out of `batch`).
-    pub fn from_batch(buf: Vec<u8>, batch: &mut crate::wire::forward::Batch) -> Chunk {
+    pub fn from_batch(buf: Buffer, batch: &mut crate::wire::forward::Batch) -> Chunk {
         Chunk {
             buf,
             segments: std::mem::take(&mut batch.segments),
@@ -127,7 +128,7 @@ impl Chunk {
     }
 
     /// Moves `self.buf[from..]` to `dest` at `dest.len()`, shifting every range.
-    fn move_into(&mut self, dest: &mut Vec<u8>) -> (Vec<Range<usize>>, Vec<Piece>) {
+    fn move_into(&mut self, dest: &mut Buffer) -> (Vec<Range<usize>>, Vec<Piece>) {
         let from = self.data_start();
         let base = dest.len();
         dest.extend_from_slice(&self.buf[from..]);
@@ -152,8 +153,8 @@ impl Chunk {
     /// Copies the data into a buffer of its own size (plus room for a Close frame or an
     /// HTTP chunk's CRLF after it, so the stream's last write stays one); returns the old
     /// buffer.
-    fn shrink(&mut self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(self.data_len() + SHRINK_TAILROOM_BYTES);
+    fn shrink(&mut self) -> Buffer {
+        let mut buf = Buffer::with_capacity(self.data_len() + SHRINK_TAILROOM_BYTES);
         let (segments, pieces) = self.move_into(&mut buf);
         self.segments = segments;
         self.pieces = pieces;
@@ -161,7 +162,7 @@ impl Chunk {
     }
 
     /// Appends `other`'s data behind this chunk's; returns `other`'s buffer.
-    fn absorb(&mut self, mut other: Chunk) -> Vec<u8> {
+    fn absorb(&mut self, mut other: Chunk) -> Buffer {
         let (segments, pieces) = other.move_into(&mut self.buf);
         for r in segments {
             match self.segments.last_mut() {
@@ -194,7 +195,7 @@ impl Chunk {
         if self.segments.last().is_none_or(|r| r.end <= end) {
             return None;
         }
-        let mut buf = Vec::new();
+        let mut buf = Buffer::default();
         for r in &self.segments {
             if r.start < end {
                 buf.extend_from_slice(&self.buf[r.start..r.end.min(end)]);
@@ -288,7 +289,7 @@ pub struct Finished {
     /// [`Core::writer_write_done`]).
     pub writer_close: Option<(u16, &'static str)>,
     /// Buffers of dropped chunks, for the pool.
-    pub freed: Vec<Vec<u8>>,
+    pub freed: Vec<Buffer>,
 }
 
 /// Where a chunk read from the writer goes ([`Core::offer`]).
@@ -297,9 +298,9 @@ pub enum Offer {
     /// Write it to the reader now (the reader's socket is yours until `reader_write_done`).
     Direct(Chunk),
     /// Queued for the reader's sender; the buffer, if any, goes back to the pool.
-    Queued(Option<Vec<u8>>),
+    Queued(Option<Buffer>),
     /// Not wanted (the stream was cut): the buffer goes back to the pool.
-    Dropped(Vec<u8>),
+    Dropped(Buffer),
 }
 
 /// How the reader's end of the stream goes out ([`ReaderStep::End`]).
@@ -539,7 +540,7 @@ impl Core {
 
     /// Drops queued data, keeping only what completes the frame the reader is in the
     /// middle of. Returns false when that frame's end is not buffered.
-    fn trim_to_frame_end(&mut self, freed: &mut Vec<Vec<u8>>) -> bool {
+    fn trim_to_frame_end(&mut self, freed: &mut Vec<Buffer>) -> bool {
         let mut keep = 0;
         let mut complete = self.reader_at_boundary;
         if !complete {
@@ -636,7 +637,7 @@ impl Core {
     /// Queues a chunk for the reader. A chunk that fills little of its buffer is copied
     /// into the last queued chunk or into a buffer of its size; the buffer it leaves is
     /// returned for the pool.
-    pub fn push(&mut self, mut chunk: Chunk) -> Option<Vec<u8>> {
+    pub fn push(&mut self, mut chunk: Chunk) -> Option<Buffer> {
         let len = chunk.data_len();
         if let Some(tail) = self.queue.back_mut() {
             // A small chunk joins the last one; so does any chunk that fits the room left in

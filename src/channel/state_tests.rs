@@ -37,7 +37,7 @@ fn writer_chunks(frames: &[(bool, Opcode, Vec<u8>)], reads: &[usize]) -> Vec<Chu
         at += n;
         fwd.process(&mut buf, &mut batch).expect("valid frames");
         carry = buf[batch.consumed..].to_vec();
-        chunks.push(Chunk::from_batch(buf, &mut batch));
+        chunks.push(Chunk::from_batch(buf.into(), &mut batch));
     }
     chunks
 }
@@ -547,7 +547,7 @@ fn a_clean_end_stays_clean_when_a_pong_write_fails_after_the_data() {
     core.connect(Direction::Write, Kind::WebSocket);
     core.connect(Direction::Read, Kind::WebSocket);
     let mut chunk = writer_chunks(&[(true, Opcode::Binary, vec![1; 10])], &[100]).remove(0);
-    chunk.buf.shrink_to_fit(); // no room to append the Close: it goes on its own
+    chunk.buf = chunk.buf.to_vec().into(); // no room to append the Close: it goes on its own
     core.finish(StreamEnd::Clean);
     core.push(chunk);
     core.reader_ping(b"p".to_vec()); // races the end: its Pong goes first
@@ -573,7 +573,10 @@ fn trickled_bytes_are_held_at_their_size() {
     core.connect(Direction::Read, Kind::WebSocket);
     let one = |i: u32| {
         let mut chunk = writer_chunks(&[(true, Opcode::Binary, vec![i as u8])], &[100]).remove(0);
-        chunk.buf.reserve(64 << 10); // a read buffer far larger than what arrived
+        // A read buffer far larger than what arrived.
+        let mut big = Vec::with_capacity(chunk.buf.len() + (64 << 10));
+        big.extend_from_slice(&chunk.buf);
+        chunk.buf = big.into();
         chunk
     };
     // The first goes straight to the reader, whose socket then stays full.

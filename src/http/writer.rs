@@ -69,7 +69,7 @@ fn queue_frame(ch: &Channel, mut buf: Vec<u8>, n: usize, pool: &BufPool) {
             at_boundary: true,
             payload_bytes: n as u64,
             frames: 1,
-            buf,
+            buf: buf.into(),
             cost: 0,
         },
         pool,

@@ -112,6 +112,12 @@ pub struct ShardMetrics {
     /// Payload bytes and data frames delivered to readers of this shard's channels.
     pub forwarded: Forwarded,
     pub handoffs: AtomicU64,
+    /// The shard's read buffers (published from its pool with its heartbeat, not per read):
+    /// bytes registered with its ring, and stream-sized buffers handed out, registered and
+    /// heap.
+    pub registered_buffer_bytes: AtomicI64,
+    pub stream_buffers_registered: AtomicU64,
+    pub stream_buffers_heap: AtomicU64,
     /// Channel ends by reason, indexed like `StreamEnd::ALL_LABELS`.
     ends: [AtomicU64; StreamEnd::ALL_LABELS.len()],
     lifetime: Histogram,
@@ -146,6 +152,9 @@ impl ShardMetrics {
                 frames: AtomicU64::new(0),
             },
             handoffs: AtomicU64::new(0),
+            registered_buffer_bytes: AtomicI64::new(0),
+            stream_buffers_registered: AtomicU64::new(0),
+            stream_buffers_heap: AtomicU64::new(0),
             ends: [const { AtomicU64::new(0) }; StreamEnd::ALL_LABELS.len()],
             lifetime: Histogram::new(&LIFETIME_BUCKETS_US),
             time_to_pair: Histogram::new(&PAIR_BUCKETS_US),
@@ -280,6 +289,31 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         "Connections handed to the shard that owns their channel.",
         sum(&|m| load(&m.handoffs)),
     );
+    per_shard(
+        &mut s,
+        "chanrelay_registered_buffer_bytes",
+        "gauge",
+        "Read-buffer memory registered with the shard's io_uring (0 before its first stream-sized read, or when turned off or refused).",
+        &|m| m.registered_buffer_bytes.load(Relaxed),
+    );
+    header(
+        &mut s,
+        "chanrelay_stream_read_buffers_total",
+        "counter",
+        "Stream-sized read buffers handed out, by shard and kind: registered with io_uring, or heap (none free, or a size not registered).",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for (kind, c) in [
+            ("registered", &m.stream_buffers_registered),
+            ("heap", &m.stream_buffers_heap),
+        ] {
+            let _ = writeln!(
+                s,
+                "chanrelay_stream_read_buffers_total{{shard=\"{i}\",kind=\"{kind}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+    }
     header(
         &mut s,
         "chanrelay_refusals_total",

@@ -6,8 +6,10 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use tokio_uring::buf::BoundedBuf;
+use tokio_uring::buf::{BoundedBuf, IoBuf};
 use tokio_uring::net::TcpStream;
+
+use super::buffer::Buffer;
 
 pub struct Conn {
     stream: TcpStream,
@@ -62,12 +64,29 @@ impl Conn {
         (res, slice.into_inner())
     }
 
+    /// Reads up to `max` bytes appended to `buf`, as [`Conn::read_append`]; a registered
+    /// buffer is read with a fixed read (and must have room for `max`).
+    pub async fn read_into(&self, buf: Buffer, max: usize) -> (io::Result<usize>, Buffer) {
+        match buf.take_registered() {
+            Ok((fixed, len, cap)) => {
+                assert!(len + max <= cap, "a registered buffer cannot grow");
+                let (res, slice) = self.stream.read_fixed(fixed.slice(len..len + max)).await;
+                let n = *res.as_ref().unwrap_or(&0);
+                (
+                    res,
+                    Buffer::from_registered_read(slice.into_inner(), len, cap, n),
+                )
+            }
+            Err(heap) => {
+                let heap = heap.into_vec();
+                let (res, v) = self.read_append(heap, max).await;
+                (res, v.into())
+            }
+        }
+    }
+
     /// Writes all of `buf[range]`.
-    pub async fn write_range(
-        &self,
-        buf: Vec<u8>,
-        range: Range<usize>,
-    ) -> (io::Result<()>, Vec<u8>) {
+    pub async fn write_range<B: IoBuf>(&self, buf: B, range: Range<usize>) -> (io::Result<()>, B) {
         if range.is_empty() {
             return (Ok(()), buf);
         }
@@ -149,14 +168,14 @@ impl Conn {
 
 /// A byte range of a buffer shared by several in-flight iovecs of one `writev`.
 struct SharedRange {
-    buf: std::rc::Rc<Vec<u8>>,
+    buf: std::rc::Rc<Buffer>,
     range: Range<usize>,
 }
 
-// SAFETY: the pointer is into a `Vec` owned by the `Rc`, which this value keeps alive and
-// which nothing mutates or reallocates while any `SharedRange` exists (the `Vec` is only
-// taken back with `Rc::try_unwrap` after every `SharedRange` is dropped). The range lies
-// within the vector's initialized length (checked in `write_segments`).
+// SAFETY: the pointer is into a `Buffer` owned by the `Rc`, which this value keeps alive
+// and which nothing mutates or reallocates while any `SharedRange` exists (the buffer is
+// only taken back with `Rc::try_unwrap` after every `SharedRange` is dropped). The range
+// lies within the buffer's initialized length (checked in `write_segments`).
 unsafe impl tokio_uring::buf::IoBuf for SharedRange {
     fn stable_ptr(&self) -> *const u8 {
         self.buf[self.range.start..].as_ptr()
@@ -176,9 +195,9 @@ impl Conn {
     /// ranges go out of the buffer where they lie, without being moved together first.
     pub async fn write_segments(
         &self,
-        buf: Vec<u8>,
+        buf: Buffer,
         segments: &[Range<usize>],
-    ) -> (io::Result<()>, Vec<u8>) {
+    ) -> (io::Result<()>, Buffer) {
         match segments {
             [] => return (Ok(()), buf),
             [one] => return self.write_range(buf, one.clone()).await,

@@ -1,6 +1,7 @@
 //! Everything io_uring: the per-core runtime, listeners, connections, and the fd handoff
 //! between shards. The only module allowed `unsafe`.
 
+mod buffer;
 mod conn;
 mod limits;
 mod listener;
@@ -9,10 +10,13 @@ mod runtime;
 mod unmask;
 mod watchdog;
 
+pub use buffer::Buffer;
 pub use conn::Conn;
-pub use limits::{fd_limit, raise_fd_limit, FdLimit};
+pub use limits::{
+    fd_limit, may_exceed_memlock_limit, raise_fd_limit, raise_memlock_limit, FdLimit,
+};
 pub use listener::{bind_reuseport, Listener, LISTEN_BACKLOG};
-pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES};
+pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES, REGISTERED_MAX_READ};
 pub use runtime::{spawn, spawn_pinned, uring_unavailable, RING_ENTRIES};
 pub use unmask::{unmask, unmask_is_vectorized};
 pub use watchdog::{Cut, Watchdog};

@@ -143,6 +143,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
 pub fn serve(config: Config) -> Result<(), String> {
     let shards = config.shard_count();
     raise_fd_limit(&config);
+    check_memlock_limit(&config, shards);
     // Before READY=1 (and before anything starts): a SIGTERM that a service manager sends
     // right after start must drain, not kill the process by the default action.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -195,6 +196,30 @@ pub fn fds_needed(config: &Config) -> u64 {
         + FDS_PER_SHARD * config.shard_count() as u64
         + FDS_BASE
 }
+
+/// Raises the locked-memory limit to the hard limit, and warns, naming both numbers, when
+/// it cannot hold every shard's registered buffers: the shards past it read into heap
+/// buffers (the relay still works, with more CPU per byte at many streams).
+fn check_memlock_limit(config: &Config, shards: usize) {
+    if config.registered_buffer_bytes == 0 {
+        return;
+    }
+    // The rings themselves lock a little too.
+    let need = (config.registered_buffer_bytes + RING_LOCKED_BYTES) as u64 * shards as u64;
+    match ring::raise_memlock_limit() {
+        Ok(Some(soft)) if soft < need && !ring::may_exceed_memlock_limit() => tracing::warn!(
+            "locked-memory limit {soft} is below the {need} bytes registered_buffer_bytes = \
+             {} needs on {shards} shards; registered buffers will be refused and reads use \
+             heap buffers: raise LimitMEMLOCK= (ulimit -l) or set registered_buffer_bytes = 0",
+            config.registered_buffer_bytes,
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the locked-memory limit"),
+    }
+}
+
+/// Locked memory a shard's ring needs besides its registered buffers (an allowance).
+const RING_LOCKED_BYTES: usize = 1 << 20;
 
 /// Raises the soft open-file limit to the hard limit (every connection is a descriptor,
 /// and the usual soft limit of 1024 is far below `max_connections`), and warns, naming

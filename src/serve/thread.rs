@@ -61,14 +61,14 @@ pub async fn run_shard(shared: Arc<Shared>, setup: ShardSetup) {
     } = setup;
     // Marks the shard failing in `/healthz` if this thread's loop ends (or unwinds).
     let _alive = shared.heartbeats[index].alive();
-    let beats = shared.clone();
+    let shard = Rc::new(Shard::new(index, shared.clone()));
+    let beats = shard.clone();
     ring::spawn(async move {
         loop {
-            beats.heartbeats[index].beat();
+            beats.heartbeat();
             tokio::time::sleep(HEARTBEAT_PERIOD).await;
         }
     });
-    let shard = Rc::new(Shard::new(index, shared.clone()));
     let dispatch = Rc::new(Dispatch {
         shard: shard.clone(),
         ingress: Default::default(),
