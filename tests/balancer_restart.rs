@@ -55,9 +55,11 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// The three node relays and the stand-in engine behind HAProxy, every node ready.
 fn fleet_behind_haproxy(haproxy: &Path, openssl: &Path) -> (Vec<Relay>, Layout, Balancer) {
     let engine = start_engine();
+    // Below the ephemeral range (`free_addr`): a relay restarted on its addresses must
+    // find them free, and an outgoing connection may take an ephemeral port meanwhile.
     let relays: Vec<Relay> = NODES
         .iter()
-        .map(|n| RELAY.with_config(&node_config(n)))
+        .map(|n| RELAY.spawn_at(Some(&node_config(n)), free_addr(), free_addr()))
         .collect();
     let layout = Layout::of_relays(engine, &relays);
     let lb = start_haproxy(haproxy, openssl, &layout);
