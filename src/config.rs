@@ -37,7 +37,9 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 1 << 20;
 pub const DEFAULT_STREAM_BUDGET_BYTES: usize = 96 << 20;
 /// Memory per shard registered with its io_uring for the reads of many concurrent streams
 /// (64–256 KiB reads); registered once the shard first reads that size, pinned from then on.
-pub const DEFAULT_REGISTERED_BUFFER_BYTES: usize = 32 << 20;
+/// Off by default: measured here, it saved no CPU in the relay and cost resident memory
+/// (`docs/architecture.md`).
+pub const DEFAULT_REGISTERED_BUFFER_BYTES: usize = 0;
 /// Read size for an idle or trickling writer (keeps idle ends cheap); a streaming writer
 /// gets its share of `stream_budget_bytes`. (Readers' pings are read in 512-byte reads.)
 pub const SMALL_READ_BYTES: usize = 2 << 10;

@@ -108,8 +108,8 @@ fn concurrent_streams_read_into_registered_buffers() {
 }
 
 #[test]
-fn with_none_registered_streams_read_into_heap_buffers() {
-    let relay = RELAY.spawn(Some(&format!("{BUDGET}registered_buffer_bytes = 0\n")), 1);
+fn by_default_none_are_registered_and_streams_read_into_heap_buffers() {
+    let relay = RELAY.spawn(Some(BUDGET), 1);
     stream_concurrently(&relay);
     let (bytes, registered, heap) = buffer_figures(&relay);
     assert_eq!((bytes, registered), (0, 0));
@@ -118,7 +118,7 @@ fn with_none_registered_streams_read_into_heap_buffers() {
 
 #[test]
 fn a_refused_registration_is_logged_and_streams_read_into_heap_buffers() {
-    // A memlock limit that holds the rings but not the 32 MiB registered by default; as
+    // A memlock limit that holds the rings but not 32 MiB of registered buffers; as
     // root, also without CAP_IPC_LOCK, which would exempt the relay from the limit.
     let mut wrapper = vec!["prlimit", "--memlock=1048576:1048576", "--"];
     if proc_status_field(std::process::id(), "Uid:") == Some(0) {
@@ -129,7 +129,8 @@ fn a_refused_registration_is_logged_and_streams_read_into_heap_buffers() {
             "--",
         ]);
     }
-    let mut relay = RELAY.spawn_wrapped(&wrapper, Some(BUDGET), &[]);
+    let config = format!("{BUDGET}registered_buffer_bytes = 33554432\n");
+    let mut relay = RELAY.spawn_wrapped(&wrapper, Some(&config), &[]);
     stream_concurrently(&relay);
     let (bytes, registered, heap) = buffer_figures(&relay);
     assert_eq!((bytes, registered), (0, 0), "{}", relay.log_tail());

@@ -18,13 +18,17 @@ pub struct Buffer(Inner);
 
 enum Inner {
     Heap(Vec<u8>),
-    /// `len` bytes in use of the `cap` the pool handed out (`cap <= buf.bytes_total()`);
-    /// the registered buffer's own initialized length is always at least `len`.
-    Registered {
-        buf: FixedBuf,
-        len: usize,
-        cap: usize,
-    },
+    /// Boxed, so a `Buffer` is no larger than a `Vec`: buffers live in every connection's
+    /// task, and idle connections must stay small.
+    Registered(Box<Registered>),
+}
+
+/// `len` bytes in use of the `cap` the pool handed out (`cap <= buf.bytes_total()`); the
+/// registered buffer's own initialized length is always at least `len`.
+struct Registered {
+    buf: FixedBuf,
+    len: usize,
+    cap: usize,
 }
 
 impl Buffer {
@@ -36,18 +40,18 @@ impl Buffer {
     /// An empty buffer over a registered buffer, offering `cap` of its bytes.
     pub(super) fn registered(buf: FixedBuf, cap: usize) -> Buffer {
         assert!(cap <= buf.bytes_total(), "offered more than the buffer has");
-        Buffer(Inner::Registered { buf, len: 0, cap })
+        Buffer(Inner::Registered(Box::new(Registered { buf, len: 0, cap })))
     }
 
     /// Whether this is one of the shard's registered buffers.
     pub fn is_registered(&self) -> bool {
-        matches!(self.0, Inner::Registered { .. })
+        matches!(self.0, Inner::Registered(_))
     }
 
     pub fn len(&self) -> usize {
         match &self.0 {
             Inner::Heap(v) => v.len(),
-            Inner::Registered { len, .. } => *len,
+            Inner::Registered(r) => r.len,
         }
     }
 
@@ -59,14 +63,14 @@ impl Buffer {
     pub fn capacity(&self) -> usize {
         match &self.0 {
             Inner::Heap(v) => v.capacity(),
-            Inner::Registered { cap, .. } => *cap,
+            Inner::Registered(r) => r.cap,
         }
     }
 
     pub fn truncate(&mut self, n: usize) {
         match &mut self.0 {
             Inner::Heap(v) => v.truncate(n),
-            Inner::Registered { len, .. } => *len = (*len).min(n),
+            Inner::Registered(r) => r.len = r.len.min(n),
         }
     }
 
@@ -84,7 +88,8 @@ impl Buffer {
         }
         match &mut self.0 {
             Inner::Heap(v) => v.extend_from_slice(bytes),
-            Inner::Registered { buf, len, .. } => {
+            Inner::Registered(r) => {
+                let Registered { buf, len, .. } = &mut **r;
                 let start = *len;
                 // SAFETY: `start + bytes.len() <= cap <= bytes_total()` (checked above), so
                 // the destination lies inside the registered buffer's memory, which `buf`
@@ -108,7 +113,7 @@ impl Buffer {
     pub fn into_vec(self) -> Vec<u8> {
         match self.0 {
             Inner::Heap(v) => v,
-            Inner::Registered { .. } => self.to_vec(),
+            Inner::Registered(_) => self.to_vec(),
         }
     }
 
@@ -117,7 +122,7 @@ impl Buffer {
     pub(super) fn into_heap(self) -> Option<Vec<u8>> {
         match self.0 {
             Inner::Heap(v) => Some(v),
-            Inner::Registered { .. } => None,
+            Inner::Registered(_) => None,
         }
     }
 
@@ -125,7 +130,7 @@ impl Buffer {
     /// of what it holds: `(buffer, len)`. `Err(self)` for a heap buffer.
     pub(super) fn take_registered(self) -> Result<(FixedBuf, usize, usize), Buffer> {
         match self.0 {
-            Inner::Registered { buf, len, cap } => Ok((buf, len, cap)),
+            Inner::Registered(r) => Ok((r.buf, r.len, r.cap)),
             heap => Err(Buffer(heap)),
         }
     }
@@ -133,11 +138,11 @@ impl Buffer {
     /// Puts a registered buffer back together after a fixed read that brought `n` bytes.
     pub(super) fn from_registered_read(buf: FixedBuf, len: usize, cap: usize, n: usize) -> Buffer {
         debug_assert!(len + n <= cap && buf.bytes_init() >= len + n);
-        Buffer(Inner::Registered {
+        Buffer(Inner::Registered(Box::new(Registered {
             buf,
             len: len + n,
             cap,
-        })
+        })))
     }
 }
 
@@ -159,7 +164,7 @@ impl Deref for Buffer {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             Inner::Heap(v) => v,
-            Inner::Registered { buf, len, .. } => &buf[..*len],
+            Inner::Registered(r) => &r.buf[..r.len],
         }
     }
 }
@@ -168,7 +173,7 @@ impl DerefMut for Buffer {
     fn deref_mut(&mut self) -> &mut [u8] {
         match &mut self.0 {
             Inner::Heap(v) => v,
-            Inner::Registered { buf, len, .. } => &mut buf[..*len],
+            Inner::Registered(r) => &mut r.buf[..r.len],
         }
     }
 }
@@ -191,7 +196,7 @@ unsafe impl IoBuf for Buffer {
     fn stable_ptr(&self) -> *const u8 {
         match &self.0 {
             Inner::Heap(v) => v.as_ptr(),
-            Inner::Registered { buf, .. } => buf.stable_ptr(),
+            Inner::Registered(r) => r.buf.stable_ptr(),
         }
     }
 
@@ -210,7 +215,7 @@ unsafe impl IoBufMut for Buffer {
     fn stable_mut_ptr(&mut self) -> *mut u8 {
         match &mut self.0 {
             Inner::Heap(v) => v.as_mut_ptr(),
-            Inner::Registered { buf, .. } => buf.stable_mut_ptr(),
+            Inner::Registered(r) => r.buf.stable_mut_ptr(),
         }
     }
 
@@ -223,10 +228,10 @@ unsafe impl IoBufMut for Buffer {
                     unsafe { v.set_len(pos) }
                 }
             }
-            Inner::Registered { buf, len, .. } => {
+            Inner::Registered(r) => {
                 // SAFETY: as above, passed on to the registered buffer.
-                unsafe { buf.set_init(pos) };
-                *len = (*len).max(pos);
+                unsafe { r.buf.set_init(pos) };
+                r.len = r.len.max(pos);
             }
         }
     }
@@ -245,5 +250,15 @@ mod tests {
         assert_eq!(&b[..], b"hello");
         b[0] = b'j';
         assert_eq!(b.into_vec(), b"jello");
+    }
+
+    #[test]
+    fn a_buffer_is_no_larger_than_a_vector() {
+        // Every connection's task holds buffers across its awaits: a larger one would
+        // grow every idle connection.
+        assert_eq!(
+            std::mem::size_of::<Buffer>(),
+            std::mem::size_of::<Vec<u8>>()
+        );
     }
 }

@@ -68,21 +68,28 @@ impl Conn {
     /// buffer is read with a fixed read (and must have room for `max`).
     pub async fn read_into(&self, buf: Buffer, max: usize) -> (io::Result<usize>, Buffer) {
         match buf.take_registered() {
-            Ok((fixed, len, cap)) => {
-                assert!(len + max <= cap, "a registered buffer cannot grow");
-                let (res, slice) = self.stream.read_fixed(fixed.slice(len..len + max)).await;
-                let n = *res.as_ref().unwrap_or(&0);
-                (
-                    res,
-                    Buffer::from_registered_read(slice.into_inner(), len, cap, n),
-                )
-            }
+            // Boxed: the heap path's future, which every idle connection holds, stays as
+            // small as a plain read's.
+            Ok((fixed, len, cap)) => Box::pin(self.read_fixed_append(fixed, len, cap, max)).await,
             Err(heap) => {
-                let heap = heap.into_vec();
-                let (res, v) = self.read_append(heap, max).await;
+                let (res, v) = self.read_append(heap.into_vec(), max).await;
                 (res, v.into())
             }
         }
+    }
+
+    async fn read_fixed_append(
+        &self,
+        fixed: tokio_uring::buf::fixed::FixedBuf,
+        len: usize,
+        cap: usize,
+        max: usize,
+    ) -> (io::Result<usize>, Buffer) {
+        assert!(len + max <= cap, "a registered buffer cannot grow");
+        let (res, slice) = self.stream.read_fixed(fixed.slice(len..len + max)).await;
+        let n = *res.as_ref().unwrap_or(&0);
+        let buf = Buffer::from_registered_read(slice.into_inner(), len, cap, n);
+        (res, buf)
     }
 
     /// Writes all of `buf[range]`.

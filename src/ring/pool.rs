@@ -8,15 +8,16 @@
 //! `[MIN_STREAM_READ, max_read]` and rounded down to a power of two. One channel holds
 //! 4 MiB in 1 MiB reads; 128 streams on a shard hold 768 KiB each in 128 KiB reads.
 //!
-//! Reads of the sizes many concurrent streams use (`MIN_STREAM_READ` to
-//! `REGISTERED_MAX_READ`) come from buffers registered with the shard's ring when one is
-//! free: at those sizes a registered read costs the shard measurably less CPU per byte
-//! than one into plain memory (`docs/architecture.md` has the figures). They are
-//! registered the first time the shard reads such a size, so a relay that only ever sees
-//! idle or lone streams pins nothing; `registered_buffer_bytes` is split evenly over the
-//! size classes (a shard's streams times their read size stays about the same whatever
-//! their number, so each class needs about as many bytes). When none is free, or the
-//! kernel refused the registration (the memlock limit), reads use heap buffers.
+//! With `registered_buffer_bytes` set, reads of the sizes many concurrent streams use
+//! (`MIN_STREAM_READ` to `REGISTERED_MAX_READ`) come from buffers registered with the
+//! shard's ring when one is free: a fixed read skips the kernel's per-read import of user
+//! memory. (Measured on the development VM it saved no CPU in the relay, hence off by
+//! default; `docs/architecture.md` has the figures.) They are registered the first time
+//! the shard reads such a size, so a relay that only ever sees idle or lone streams pins
+//! nothing; `registered_buffer_bytes` is split evenly over the size classes (a shard's
+//! streams times their read size stays about the same whatever their number, so each class
+//! needs about as many bytes). When none is free, or the kernel refused the registration
+//! (the memlock limit), reads use heap buffers.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
