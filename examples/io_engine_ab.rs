@@ -15,6 +15,10 @@
 //! - `multishot`: the `io-uring` crate with one multishot receive per stream drawing from a
 //!   provided-buffer ring (`READ_SIZE` buffers, `POOL` of them shared by all streams): a
 //!   buffer is taken only when bytes arrive, and no receive is submitted again per chunk;
+//! - `tokio`: tokio-uring's runtime, but the sockets are `tokio::net::TcpStream`s driven by
+//!   its epoll reactor (readiness, then a non-blocking read or write), a task per stream;
+//! - `epoll`: readiness instead of completions: one thread, edge-triggered epoll,
+//!   non-blocking `recv`/`send` until `EAGAIN`, one buffer per stream;
 //! - `blocking`: two threads per stream, blocking `read`/`write_all` (the copy-proxy).
 //!
 //! ```text
@@ -70,6 +74,11 @@ fn main() {
             "multishot" => raw::forward(accept_pairs(&listener, streams), read_size, true),
             "blocking" => {
                 forward_blocking(accept_pairs(&listener, streams), read_size, forward_cpu)
+            }
+            "epoll" => forward_epoll(accept_pairs(&listener, streams), read_size),
+            "tokio" => {
+                let pairs = accept_pairs(&listener, streams);
+                tokio_uring::start(forward_tokio(pairs, read_size))
             }
             _ => panic!("unknown mode {engine}"),
         }
@@ -253,6 +262,117 @@ fn forward_blocking(pairs: Vec<(TcpStream, TcpStream)>, read_size: usize, cpu: u
         .into_iter()
         .map(|t| t.join().expect("copy thread"))
         .sum()
+}
+
+/// tokio's readiness-based sockets on the tokio-uring runtime, a task per stream; returns
+/// the thread's CPU seconds.
+async fn forward_tokio(pairs: Vec<(TcpStream, TcpStream)>, read_size: usize) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cpu0 = thread_cpu_s();
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|(src, dst)| {
+            src.set_nonblocking(true).unwrap();
+            dst.set_nonblocking(true).unwrap();
+            let mut src = tokio::net::TcpStream::from_std(src).unwrap();
+            let mut dst = tokio::net::TcpStream::from_std(dst).unwrap();
+            tokio_uring::spawn(async move {
+                let mut buf = vec![0u8; read_size];
+                loop {
+                    let n = src.read(&mut buf).await.expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    dst.write_all(&buf[..n]).await.expect("write");
+                }
+                dst.shutdown().await.ok();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("forwarding task");
+    }
+    thread_cpu_s() - cpu0
+}
+
+/// One thread, edge-triggered epoll: each stream is pumped (send what is pending, read
+/// more) until its sockets say `EAGAIN`; returns the thread's CPU seconds.
+fn forward_epoll(pairs: Vec<(TcpStream, TcpStream)>, read_size: usize) -> f64 {
+    use std::os::fd::AsRawFd;
+    struct Stream {
+        src: TcpStream,
+        dst: TcpStream,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+        done: bool,
+    }
+    let mut streams: Vec<Stream> = pairs
+        .into_iter()
+        .map(|(src, dst)| {
+            src.set_nonblocking(true).unwrap();
+            dst.set_nonblocking(true).unwrap();
+            Stream {
+                src,
+                dst,
+                buf: vec![0; read_size],
+                start: 0,
+                end: 0,
+                done: false,
+            }
+        })
+        .collect();
+    // SAFETY (this block and the calls below): plain epoll syscalls on descriptors the
+    // streams own for the whole loop; the event array outlives each `epoll_wait`.
+    let ep = unsafe { libc::epoll_create1(0) };
+    assert!(ep >= 0);
+    for (i, s) in streams.iter().enumerate() {
+        for (fd, events) in [
+            (s.src.as_raw_fd(), libc::EPOLLIN),
+            (s.dst.as_raw_fd(), libc::EPOLLOUT),
+        ] {
+            let mut ev = libc::epoll_event {
+                events: (events | libc::EPOLLET) as u32,
+                u64: i as u64,
+            };
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }, 0);
+        }
+    }
+    let cpu0 = thread_cpu_s();
+    let mut left = streams.len();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    while left > 0 {
+        // SAFETY: as above.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        assert!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+        for ev in &events[..n as usize] {
+            let s = &mut streams[ev.u64 as usize];
+            while !s.done {
+                if s.start < s.end {
+                    match s.dst.write(&s.buf[s.start..s.end]) {
+                        Ok(k) => s.start += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("send: {e}"),
+                    }
+                    continue;
+                }
+                match s.src.read(&mut s.buf) {
+                    Ok(0) => {
+                        let _ = s.dst.shutdown(std::net::Shutdown::Write);
+                        s.done = true;
+                        left -= 1;
+                    }
+                    Ok(k) => (s.start, s.end) = (0, k),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+        }
+    }
+    // SAFETY: `ep` is ours and closed once.
+    unsafe { libc::close(ep) };
+    thread_cpu_s() - cpu0
 }
 
 /// The hot loop on the `io-uring` crate, no runtime.
