@@ -7,7 +7,7 @@
 //! `/proc/thread-self/stat`, io_uring's worker threads included) and the throughput.
 //!
 //! Modes:
-//! - `vec`, `fixed`, `fixedread`: tokio-uring (the relay's engine) with plain `Vec<u8>`
+//! - `vec`, `fixed`, `fixedread`: tokio-uring operations (the relay's `io_uring` engine) with plain `Vec<u8>`
 //!   buffers, registered buffers (`read_fixed`/`write_fixed_all`), or registered buffers
 //!   read into and written as plain memory;
 //! - `raw`: the `io-uring` crate directly, one recv and one send per chunk as above but with
@@ -16,7 +16,8 @@
 //!   provided-buffer ring (`READ_SIZE` buffers, `POOL` of them shared by all streams): a
 //!   buffer is taken only when bytes arrive, and no receive is submitted again per chunk;
 //! - `tokio`: tokio-uring's runtime, but the sockets are `tokio::net::TcpStream`s driven by
-//!   its epoll reactor (readiness, then a non-blocking read or write), a task per stream;
+//!   its epoll reactor (readiness, then a non-blocking read or write), a task per stream —
+//!   the relay's default `epoll` engine;
 //! - `epoll`: readiness instead of completions: one thread, edge-triggered epoll,
 //!   non-blocking `recv`/`send` until `EAGAIN`, one buffer per stream;
 //! - `blocking`: two threads per stream, blocking `read`/`write_all` (the copy-proxy).
@@ -336,7 +337,10 @@ fn forward_epoll(pairs: Vec<(TcpStream, TcpStream)>, read_size: usize) -> f64 {
                 u64: i as u64,
             };
             // SAFETY: as above.
-            assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }, 0);
+            assert_eq!(
+                unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+                0
+            );
         }
     }
     let cpu0 = thread_cpu_s();

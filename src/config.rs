@@ -116,8 +116,11 @@ pub struct Config {
     pub abandoned_timeout_s: u64,
     pub read_buffer_bytes: usize,
     pub stream_budget_bytes: usize,
-    /// Read-buffer memory per shard registered with the ring (0 = none).
+    /// Read-buffer memory per shard registered with the ring (0 = none; `io_uring` engine
+    /// only).
     pub registered_buffer_bytes: usize,
+    /// How sockets are read and written: readiness (`epoll`) or io_uring operations.
+    pub io_engine: crate::ring::IoEngine,
     /// Prefix before `/ws/channels` on the data plane, e.g. `/relay`.
     pub path_prefix: String,
     /// Time a function has to connect to a routed request's response channel.
@@ -178,6 +181,7 @@ impl Default for Config {
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             stream_budget_bytes: DEFAULT_STREAM_BUDGET_BYTES,
             registered_buffer_bytes: DEFAULT_REGISTERED_BUFFER_BYTES,
+            io_engine: crate::ring::IoEngine::default(),
             path_prefix: String::new(),
             ingress_timeout_ms: DEFAULT_INGRESS_TIMEOUT_MS,
             subscriber_queue_events: DEFAULT_SUBSCRIBER_QUEUE_EVENTS,
@@ -327,6 +331,13 @@ impl Config {
             0,
             MAX_REGISTERED_BUFFER_BYTES as u64,
         )?;
+        if self.registered_buffer_bytes > 0 && self.io_engine != crate::ring::IoEngine::IoUring {
+            return Err(
+                "registered_buffer_bytes needs io_engine = \"io_uring\" (registered buffers are \
+                 read with io_uring operations)"
+                    .into(),
+            );
+        }
         if self
             .control_token
             .as_ref()
@@ -455,6 +466,10 @@ mod tests {
             ("stream_budget_bytes = 1", "stream_budget_bytes"),
             (
                 "registered_buffer_bytes = 17179869184",
+                "registered_buffer_bytes",
+            ),
+            (
+                "registered_buffer_bytes = 1048576",
                 "registered_buffer_bytes",
             ),
             ("signing_secret = \"short\"", "signing_secret"),

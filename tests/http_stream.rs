@@ -1455,17 +1455,20 @@ fn uploads_without_readers_stay_within_their_share_of_the_stream_budget() {
     // Every upload's head first, so all four count as streams of the shard before any body
     // byte is read (a share only limits what a stream takes next).
     let heads_sent = std::sync::Arc::new(std::sync::Barrier::new(chans.len() + 1));
+    let bodies_go = std::sync::Arc::new(std::sync::Barrier::new(chans.len() + 1));
     let uploads: Vec<_> = chans
         .iter()
         .map(|ch| {
             let (data, path) = (relay.data, chan_path(ch, "write"));
             let heads_sent = heads_sent.clone();
+            let bodies_go = bodies_go.clone();
             std::thread::spawn(move || {
                 let mut s = tcp_connect(data);
                 let head =
                     format!("PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
                 let sent = s.write_all(head.as_bytes()).is_ok();
                 heads_sent.wait();
+                bodies_go.wait();
                 if !sent {
                     return;
                 }
@@ -1480,6 +1483,19 @@ fn uploads_without_readers_stay_within_their_share_of_the_stream_budget() {
         })
         .collect();
     heads_sent.wait();
+    // The bodies follow once the relay has taken every head (each upload then counts as a
+    // stream of the shard).
+    let connected = wait_for(Duration::from_secs(5), || {
+        chans
+            .iter()
+            .all(|ch| relay.state(&ch.id)["writer_connected"] == true)
+            .then_some(())
+    });
+    assert!(
+        connected.is_some(),
+        "the relay never took every upload's head"
+    );
+    bodies_go.wait();
     std::thread::sleep(Duration::from_millis(300));
     // Let every upload run into its limit.
     std::thread::sleep(Duration::from_millis(1500));

@@ -270,11 +270,14 @@ fn a_subscriber_that_stops_reading_is_dropped_and_its_requests_answered_at_once(
     let pad = "x".repeat(32 << 10);
     let request = format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
     let start = Instant::now();
+    // Paced, so the engine's events keep flowing until its socket is full (all at once, most
+    // would find its 8-event queue full and be answered 503 before any event is written).
     let mut clients: Vec<std::net::TcpStream> = (0..REQUESTS)
         .map(|_| {
             let mut s = tcp_connect(relay.data);
             use std::io::Write;
             s.write_all(request.as_bytes()).expect("send request");
+            std::thread::sleep(Duration::from_millis(2));
             s
         })
         .collect();

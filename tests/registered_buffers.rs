@@ -1,5 +1,5 @@
-//! Registered read buffers (issue 12): concurrent streams read into buffers registered with
-//! the shard's io_uring; with `registered_buffer_bytes = 0`, or when the kernel refuses the
+//! Registered read buffers (issue 12), with the `io_uring` engine: concurrent streams read
+//! into buffers registered with the shard's io_uring; by default, or when the kernel refuses the
 //! registration (the memlock limit), they read into heap buffers — every byte delivered
 //! either way, and `/metrics` says which was used.
 
@@ -15,6 +15,8 @@ const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
 /// registered size.
 const STREAMS: usize = 4;
 const BUDGET: &str = "stream_budget_bytes = 4194304\nread_buffer_bytes = 262144\n";
+/// Registered buffers are read with io_uring operations: that engine.
+const URING: &str = "io_engine = \"io_uring\"\n";
 const FRAME: usize = 64 << 10;
 const FRAMES: usize = 128; // 8 MiB a stream
 
@@ -87,7 +89,9 @@ fn buffer_figures(relay: &Relay) -> (u64, u64, u64) {
 #[test]
 fn concurrent_streams_read_into_registered_buffers() {
     let relay = RELAY.spawn(
-        Some(&format!("{BUDGET}registered_buffer_bytes = 8388608\n")),
+        Some(&format!(
+            "{BUDGET}{URING}registered_buffer_bytes = 8388608\n"
+        )),
         1,
     );
     assert_eq!(
@@ -129,7 +133,7 @@ fn a_refused_registration_is_logged_and_streams_read_into_heap_buffers() {
             "--",
         ]);
     }
-    let config = format!("{BUDGET}registered_buffer_bytes = 33554432\n");
+    let config = format!("{BUDGET}{URING}registered_buffer_bytes = 33554432\n");
     let mut relay = RELAY.spawn_wrapped(&wrapper, Some(&config), &[]);
     stream_concurrently(&relay);
     let (bytes, registered, heap) = buffer_figures(&relay);

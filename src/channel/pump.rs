@@ -249,28 +249,41 @@ async fn deliver(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, chunk: Chunk) {
 /// payload has been discarded. A client that only writes and never reads (the Rust iii SDK's
 /// writer) cannot see our Close; the reset makes its next write fail instead of letting it
 /// write into the void until the close timeout. A client that does read has seen the Close
-/// long before: this is many socket buffers' worth.
+/// long before: this is many socket buffers' worth, and `DRAIN_MIN_TIME` at least (even
+/// paced, 16 MiB go by in a quarter of a second, sooner than a busy client may get to read).
 pub const DRAIN_MAX_BYTES: u64 = 16 << 20;
+/// The least time after our Close before a writer that keeps sending is reset.
+pub const DRAIN_MIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Read size while discarding a writer's data after our Close.
 const DRAIN_READ_BYTES: usize = 64 << 10;
 
 /// Reads and discards what a peer still sends until its Close (or EOF, or the close
-/// timeout shuts the socket, or `DRAIN_MAX_BYTES` of data).
+/// timeout shuts the socket, or `DRAIN_MAX_BYTES` of data over at least `DRAIN_MIN_TIME`).
 async fn drain_until_close(conn: &Conn, fwd: FrameForwarder) {
     let mut peer = PingReader::with_forwarder(fwd, Vec::new()).read_size(DRAIN_READ_BYTES);
     let mut discarded = 0;
+    let started = std::time::Instant::now();
     while let Ok(Some(batch)) = peer.next(conn).await {
         if batch.close.is_some() {
             return;
         }
         discarded += batch.payload_bytes;
-        if discarded > DRAIN_MAX_BYTES {
+        if discarded > DRAIN_MAX_BYTES && started.elapsed() >= DRAIN_MIN_TIME {
             conn.abort();
             return;
         }
+        if discarded > DRAIN_READ_BYTES as u64 {
+            // Paced: a writer that only reads its socket when a write would block (an event
+            // loop that never yields otherwise) sees our Close only once its writes block.
+            tokio::time::sleep(DRAIN_PACE).await;
+        }
     }
 }
+
+/// The pause between reads while discarding a writer's data after our Close: at most
+/// `DRAIN_READ_BYTES` a millisecond (64 MB/s), so TCP backpressure reaches the writer.
+const DRAIN_PACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Above this many ranges in one buffer (small frames), moving them together and writing
 /// once is cheaper than one iovec per range.

@@ -1,18 +1,45 @@
-//! One TCP connection on the shard's io_uring. The rest of the relay sees only owned-buffer
+//! One TCP connection on the shard's event loop. The rest of the relay sees only owned-buffer
 //! reads and writes on byte ranges, so the engine underneath can change without touching
-//! the channel code.
+//! the channel code — and it does: `io_engine` picks readiness (`epoll`, the default:
+//! `epoll.rs`) or io_uring operations (`io_uring`: `uring.rs`). Measured on the relay's
+//! hot loop and on the relay itself, readiness costs far less CPU per byte at many streams
+//! and the same at one (`docs/architecture.md` has the figures and the decision).
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, BorrowedFd};
-
-use tokio_uring::buf::{BoundedBuf, IoBuf};
-use tokio_uring::net::TcpStream;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::buffer::Buffer;
+use super::{epoll, uring};
+
+/// How a shard's sockets are read and written (`io_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoEngine {
+    /// Readiness from the shard runtime's epoll reactor, then non-blocking `recv`/`send`.
+    #[default]
+    Epoll,
+    /// io_uring read/write operations (and fixed reads into registered buffers).
+    IoUring,
+}
+
+/// The socket, as the engine holds it.
+enum Socket {
+    Epoll(tokio::net::TcpStream),
+    Uring(tokio_uring::net::TcpStream),
+}
+
+impl Socket {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Socket::Epoll(s) => s.as_raw_fd(),
+            Socket::Uring(s) => s.as_raw_fd(),
+        }
+    }
+}
 
 pub struct Conn {
-    stream: TcpStream,
+    socket: Socket,
     /// Which request the connection serves (keep-alive): deadlines armed for an earlier
     /// one no longer apply (see `Watchdog`).
     request: std::cell::Cell<u32>,
@@ -22,14 +49,45 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: Option<std::net::SocketAddr>) -> Conn {
-        // Both sides stream small frames too; never let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
-        Conn {
-            stream,
+    fn new(socket: Socket, peer: Option<std::net::SocketAddr>) -> Conn {
+        let conn = Conn {
+            socket,
             request: std::cell::Cell::new(0),
             peer,
-        }
+        };
+        // Both sides stream small frames too; never let Nagle hold them back.
+        let _ = socket2::SockRef::from(&conn.fd()).set_nodelay(true);
+        conn
+    }
+
+    /// A connection a shard's listener accepted, in `epoll` mode.
+    pub(super) fn accepted_epoll(s: tokio::net::TcpStream, peer: std::net::SocketAddr) -> Conn {
+        Conn::new(Socket::Epoll(s), Some(peer))
+    }
+
+    /// A connection a shard's listener accepted, in `io_uring` mode.
+    pub(super) fn accepted_uring(
+        s: tokio_uring::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Conn {
+        Conn::new(Socket::Uring(s), Some(peer))
+    }
+
+    /// Adopts a connection handed over from another shard (`peer`: as it was accepted).
+    pub fn from_std(
+        std: std::net::TcpStream,
+        peer: Option<std::net::SocketAddr>,
+        engine: IoEngine,
+    ) -> Conn {
+        let socket = match engine {
+            IoEngine::Epoll => {
+                std.set_nonblocking(true)
+                    .expect("a socket can be made non-blocking");
+                Socket::Epoll(tokio::net::TcpStream::from_std(std).expect("on a shard's runtime"))
+            }
+            IoEngine::IoUring => Socket::Uring(tokio_uring::net::TcpStream::from_std(std)),
+        };
+        Conn::new(socket, peer)
     }
 
     /// The peer's address as accepted.
@@ -48,57 +106,55 @@ impl Conn {
         self.request.get()
     }
 
-    /// Adopts a connection handed over from another shard (`peer`: as it was accepted).
-    pub fn from_std(std: std::net::TcpStream, peer: Option<std::net::SocketAddr>) -> Conn {
-        Conn::new(TcpStream::from_std(std), peer)
-    }
-
     /// Reads up to `max` bytes appended to `buf` (into its spare capacity, reserved if
     /// needed — nothing is zeroed first). Returns the bytes read (0 = EOF); `buf.len()`
-    /// grows by that much. The read must never be dropped while in flight: the kernel
-    /// would complete it anyway and the bytes would be lost.
-    pub async fn read_append(&self, mut buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
-        let start = buf.len();
-        buf.reserve(max);
-        let (res, slice) = self.stream.read(buf.slice(start..start + max)).await;
-        (res, slice.into_inner())
+    /// grows by that much. The read must never be dropped while in flight (with io_uring
+    /// the kernel would complete it anyway and the bytes would be lost).
+    pub async fn read_append(&self, buf: Vec<u8>, max: usize) -> (io::Result<usize>, Vec<u8>) {
+        match &self.socket {
+            Socket::Epoll(s) => epoll::read_append(s, buf, max).await,
+            Socket::Uring(s) => uring::read_append(s, buf, max).await,
+        }
     }
 
     /// Reads up to `max` bytes appended to `buf`, as [`Conn::read_append`]; a registered
     /// buffer is read with a fixed read (and must have room for `max`).
     pub async fn read_into(&self, buf: Buffer, max: usize) -> (io::Result<usize>, Buffer) {
-        match buf.take_registered() {
+        match (&self.socket, buf.take_registered()) {
             // Boxed: the heap path's future, which every idle connection holds, stays as
             // small as a plain read's.
-            Ok((fixed, len, cap)) => Box::pin(self.read_fixed_append(fixed, len, cap, max)).await,
-            Err(heap) => {
+            (Socket::Uring(s), Ok((fixed, len, cap))) => {
+                Box::pin(uring::read_fixed_append(s, fixed, len, cap, max)).await
+            }
+            (_, Ok((fixed, len, cap))) => {
+                // Registered buffers come with the io_uring engine only (the configuration
+                // refuses them with epoll); read into the heap should one get here.
+                let buf = Buffer::from_registered_read(fixed, len, cap, 0).into_vec();
+                let (res, v) = self.read_append(buf, max).await;
+                (res, v.into())
+            }
+            (_, Err(heap)) => {
                 let (res, v) = self.read_append(heap.into_vec(), max).await;
                 (res, v.into())
             }
         }
     }
 
-    async fn read_fixed_append(
-        &self,
-        fixed: tokio_uring::buf::fixed::FixedBuf,
-        len: usize,
-        cap: usize,
-        max: usize,
-    ) -> (io::Result<usize>, Buffer) {
-        assert!(len + max <= cap, "a registered buffer cannot grow");
-        let (res, slice) = self.stream.read_fixed(fixed.slice(len..len + max)).await;
-        let n = *res.as_ref().unwrap_or(&0);
-        let buf = Buffer::from_registered_read(slice.into_inner(), len, cap, n);
-        (res, buf)
-    }
-
     /// Writes all of `buf[range]`.
-    pub async fn write_range<B: IoBuf>(&self, buf: B, range: Range<usize>) -> (io::Result<()>, B) {
+    pub async fn write_range<B>(&self, buf: B, range: Range<usize>) -> (io::Result<()>, B)
+    where
+        B: tokio_uring::buf::IoBuf + AsRef<[u8]>,
+    {
         if range.is_empty() {
             return (Ok(()), buf);
         }
-        let (res, slice) = self.stream.write_all(buf.slice(range)).await;
-        (res, slice.into_inner())
+        match &self.socket {
+            Socket::Epoll(s) => {
+                let res = epoll::write_range(s, buf.as_ref(), range).await;
+                (res, buf)
+            }
+            Socket::Uring(s) => uring::write_range(s, buf, range).await,
+        }
     }
 
     /// Writes all of `bytes`.
@@ -124,17 +180,17 @@ impl Conn {
 
     /// Sends the FIN (with any corked bytes); reads go on.
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = socket2::SockRef::from(&self.fd()).shutdown(std::net::Shutdown::Write);
     }
 
     /// Wakes any read in flight (it completes with 0) and stops further reads.
     pub fn shutdown_read(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Read);
+        let _ = socket2::SockRef::from(&self.fd()).shutdown(std::net::Shutdown::Read);
     }
 
     /// Ends both directions; in-flight operations complete at once.
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = socket2::SockRef::from(&self.fd()).shutdown(std::net::Shutdown::Both);
     }
 
     /// Ends the connection abortively: the close that follows sends a reset, discarding
@@ -158,7 +214,7 @@ impl Conn {
         }
     }
 
-    /// Detaches the socket so it can be sent to another shard's ring: the descriptor is
+    /// Detaches the socket so it can be sent to another shard: the descriptor is
     /// duplicated, and this shard's copy is closed when `self` drops.
     pub fn into_std(self) -> io::Result<std::net::TcpStream> {
         let owned = self.fd().try_clone_to_owned()?;
@@ -167,33 +223,9 @@ impl Conn {
 
     /// The socket's descriptor, for socket options and duplication.
     fn fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the descriptor is owned by `self.stream` and stays open as long as `self`
+        // SAFETY: the descriptor is owned by `self.socket` and stays open as long as `self`
         // lives, which bounds the returned borrow.
-        unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }
-    }
-}
-
-/// A byte range of a buffer shared by several in-flight iovecs of one `writev`.
-struct SharedRange {
-    buf: std::rc::Rc<Buffer>,
-    range: Range<usize>,
-}
-
-// SAFETY: the pointer is into a `Buffer` owned by the `Rc`, which this value keeps alive
-// and which nothing mutates or reallocates while any `SharedRange` exists (the buffer is
-// only taken back with `Rc::try_unwrap` after every `SharedRange` is dropped). The range
-// lies within the buffer's initialized length (checked in `write_segments`).
-unsafe impl tokio_uring::buf::IoBuf for SharedRange {
-    fn stable_ptr(&self) -> *const u8 {
-        self.buf[self.range.start..].as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.range.len()
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.range.len()
+        unsafe { BorrowedFd::borrow_raw(self.socket.raw_fd()) }
     }
 }
 
@@ -213,49 +245,32 @@ impl Conn {
         assert!(segments
             .iter()
             .all(|r| r.start <= r.end && r.end <= buf.len()));
-        let shared = std::rc::Rc::new(buf);
-        let mut pending: Vec<Range<usize>> =
+        let pending: Vec<Range<usize>> =
             segments.iter().filter(|r| !r.is_empty()).cloned().collect();
-        let mut next = 0; // first range not fully written
-        let mut result = Ok(());
-        while next < pending.len() {
-            let iovs: Vec<SharedRange> = pending[next..]
-                .iter()
-                .take(IOV_MAX)
-                .map(|r| SharedRange {
-                    buf: shared.clone(),
-                    range: r.clone(),
-                })
-                .collect();
-            let (res, iovs) = self.stream.writev(iovs).await;
-            drop(iovs);
-            match res {
-                Ok(0) => {
-                    result = Err(io::ErrorKind::WriteZero.into());
-                    break;
-                }
-                Ok(mut n) => {
-                    // Drop what was written; a partly written range keeps its tail.
-                    while n > 0 {
-                        let first = &mut pending[next];
-                        if n >= first.len() {
-                            n -= first.len();
-                            next += 1;
-                        } else {
-                            first.start += n;
-                            n = 0;
-                        }
-                    }
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+        match &self.socket {
+            Socket::Epoll(s) => {
+                let res = epoll::write_segments(s, &buf, pending, IOV_MAX).await;
+                (res, buf)
             }
+            Socket::Uring(s) => uring::write_segments(s, buf, pending, IOV_MAX).await,
         }
-        let buf = std::rc::Rc::try_unwrap(shared).expect("every iovec of the write was dropped");
-        (result, buf)
     }
+}
+
+/// After a vectored write of `n` bytes starting at range `next`: drops what was written (a
+/// partly written range keeps its tail) and returns the first range not fully written.
+pub(super) fn advance(pending: &mut [Range<usize>], mut next: usize, mut n: usize) -> usize {
+    while n > 0 {
+        let first = &mut pending[next];
+        if n >= first.len() {
+            n -= first.len();
+            next += 1;
+        } else {
+            first.start += n;
+            n = 0;
+        }
+    }
+    next
 }
 
 /// Most iovecs passed to one `writev` (the kernel's UIO_MAXIOV).

@@ -55,20 +55,35 @@ fn someone_listens(addr: SocketAddr) -> bool {
 /// How long the start-up check for another listener waits for a connection.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Adopts a bound listener on the current thread's ring and accepts from it.
-pub struct Listener {
-    inner: tokio_uring::net::TcpListener,
+/// Adopts a bound listener on the current thread's event loop and accepts from it, as the
+/// shard's engine holds sockets.
+pub enum Listener {
+    Epoll(tokio::net::TcpListener),
+    Uring(tokio_uring::net::TcpListener),
 }
 
 impl Listener {
-    pub fn from_std(l: std::net::TcpListener) -> Listener {
-        Listener {
-            inner: tokio_uring::net::TcpListener::from_std(l),
+    pub fn from_std(l: std::net::TcpListener, engine: super::IoEngine) -> Listener {
+        match engine {
+            super::IoEngine::Epoll => {
+                l.set_nonblocking(true)
+                    .expect("a listener can be made non-blocking");
+                Listener::Epoll(tokio::net::TcpListener::from_std(l).expect("on a shard's runtime"))
+            }
+            super::IoEngine::IoUring => Listener::Uring(tokio_uring::net::TcpListener::from_std(l)),
         }
     }
 
     pub async fn accept(&self) -> io::Result<(super::Conn, SocketAddr)> {
-        let (s, a) = self.inner.accept().await?;
-        Ok((super::Conn::new(s, Some(a)), a))
+        match self {
+            Listener::Epoll(l) => {
+                let (s, a) = l.accept().await?;
+                Ok((super::Conn::accepted_epoll(s, a), a))
+            }
+            Listener::Uring(l) => {
+                let (s, a) = l.accept().await?;
+                Ok((super::Conn::accepted_uring(s, a), a))
+            }
+        }
     }
 }

@@ -3,15 +3,17 @@
 
 mod buffer;
 mod conn;
+mod epoll;
 mod limits;
 mod listener;
 mod pool;
 mod runtime;
 mod unmask;
+mod uring;
 mod watchdog;
 
 pub use buffer::Buffer;
-pub use conn::Conn;
+pub use conn::{Conn, IoEngine};
 pub use limits::{
     fd_limit, may_exceed_memlock_limit, raise_fd_limit, raise_memlock_limit, FdLimit,
 };

@@ -183,7 +183,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
         let (ours, _) = listener.accept().expect("accept");
-        (Rc::new(Conn::from_std(ours, None)), peer)
+        (
+            Rc::new(Conn::from_std(ours, None, Default::default())),
+            peer,
+        )
     }
 
     /// Reads once: `Some(0)` is EOF (the watchdog cut the read side).
@@ -303,5 +306,47 @@ mod size {
             "{}",
             std::mem::size_of_val(&future)
         );
+    }
+}
+
+#[cfg(test)]
+mod write_cut_tests {
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use super::{Cut, Watchdog};
+    use crate::ring::{Conn, IoEngine};
+
+    /// A write to a peer that stopped reading ends with an error once the watchdog cuts
+    /// the connection, with either engine.
+    fn a_cut_write_ends(engine: IoEngine) {
+        tokio_uring::start(async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (ours, _) = listener.accept().unwrap();
+            let conn = Rc::new(Conn::from_std(ours, None, engine));
+            let dog = Watchdog::new(&conn, Cut::Reset);
+            dog.expire_in(Duration::from_millis(200));
+            let t0 = Instant::now();
+            // Far more than the socket buffers hold: the write waits for room.
+            let res = conn.write_all(vec![7u8; 64 << 20]).await;
+            assert!(res.is_err(), "{engine:?}: the write never failed");
+            assert!(dog.fired());
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "{engine:?}: cut after {:?}",
+                t0.elapsed()
+            );
+        });
+    }
+
+    #[test]
+    fn a_cut_write_ends_with_epoll() {
+        a_cut_write_ends(IoEngine::Epoll);
+    }
+
+    #[test]
+    fn a_cut_write_ends_with_io_uring() {
+        a_cut_write_ends(IoEngine::IoUring);
     }
 }

@@ -183,7 +183,7 @@ pub struct Handoff {
 /// On the owner shard, for a handed-over connection: serve it, then any further requests.
 pub async fn serve_handoff(dispatch: Rc<Dispatch>, h: Handoff) {
     let shard = &dispatch.shard;
-    let conn = Rc::new(Conn::from_std(h.conn, h.peer));
+    let conn = Rc::new(Conn::from_std(h.conn, h.peer, shard.config().io_engine));
     let served = attach(&dispatch, conn, &h.head, &h.target, h.mode, h.leftover).await;
     let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {

@@ -87,18 +87,24 @@ pub async fn run_shard(shared: Arc<Shared>, setup: ShardSetup) {
         }
     });
     let s = shard.clone();
-    ring::spawn(accept_loop(control, "control", move |conn| {
+    let engine = shared.config.io_engine;
+    ring::spawn(accept_loop(control, engine, "control", move |conn| {
         ring::spawn(super::control::serve_connection(s.clone(), conn));
     }));
-    accept_loop(data, "data", move |conn| {
+    accept_loop(data, engine, "data", move |conn| {
         ring::spawn(serve_connection(dispatch.clone(), conn));
     })
     .await
 }
 
 /// Accepts on `listener` forever, starting a task per connection.
-async fn accept_loop(listener: std::net::TcpListener, which: &str, serve: impl Fn(Conn)) {
-    let listener = Listener::from_std(listener);
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    engine: ring::IoEngine,
+    which: &str,
+    serve: impl Fn(Conn),
+) {
+    let listener = Listener::from_std(listener, engine);
     loop {
         match listener.accept().await {
             Ok((conn, _peer)) => serve(conn),

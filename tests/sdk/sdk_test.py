@@ -407,11 +407,17 @@ async def case_abort_streaming(base: str, control: str) -> str:
     chunk = make_payload(7, 64 * 1024)
 
     async def write_forever():
+        # Until the relay stops it: bounded by 16 GiB and 20 s (the relay moves a GiB in well
+        # under a second, so a 1 GiB writer could finish before the DELETE lands).
         sent = 0
+        deadline = time.monotonic() + 20
         try:
-            while sent < 1024 * MiB:
+            while sent < 16 * 1024 * MiB and time.monotonic() < deadline:
                 await w.write(chunk)
                 sent += len(chunk)
+                # A write the relay takes at once does not yield: let the case's other
+                # coroutines (the state polling, the DELETE) run.
+                await asyncio.sleep(0)
         except websockets.ConnectionClosed as e:
             return e
         return None

@@ -324,8 +324,9 @@ async fn spawn_connected_reader(
     Ok(reader)
 }
 
-/// A writer that writes 64 KiB chunks until a write fails (at most 1 GiB): the bytes it got
-/// out and the error, or an error if nothing stopped it.
+/// A writer that writes 64 KiB chunks until a write fails (at most 16 GiB and 20 s: the
+/// relay moves a GiB in well under a second): the bytes it got out and the error, or an
+/// error if nothing stopped it.
 fn spawn_endless_writer(
     base: &str,
     r: StreamChannelRef,
@@ -336,7 +337,8 @@ fn spawn_endless_writer(
         let w = ChannelWriter::new(&base, &r);
         let chunk = make_payload(seed, 64 * 1024);
         let mut sent = 0usize;
-        while sent < 1024 * MIB {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while sent < 16 * 1024 * MIB && std::time::Instant::now() < deadline {
             if let Err(e) = w.write(&chunk).await {
                 return Ok((sent, e.to_string()));
             }

@@ -1,0 +1,49 @@
+//! Both I/O engines (`io_engine`: readiness through epoll, the default, and io_uring
+//! operations) serve the same channels: byte-exact streams with messages between frames,
+//! data and Close in one write on many channels (handed between two shards), and pings
+//! answered mid-stream.
+
+mod scenarios;
+
+use chanrelay_testkit::*;
+
+const RELAY: Launcher = Launcher::with_bin(env!("CARGO_BIN_EXE_chanrelay"));
+
+fn relay(engine: &str) -> Relay {
+    RELAY.with_config(&format!("io_engine = \"{engine}\"\n"))
+}
+
+#[test]
+fn epoll_engine_serves_channels() {
+    let relay = relay("epoll");
+    scenarios::ten_mib_in_64k_frames_with_messages_byte_exact(&relay);
+    scenarios::close_right_after_last_frame(&relay, 60);
+    scenarios::reader_pings_during_stream_get_pongs_and_lose_nothing(&relay);
+}
+
+#[test]
+fn io_uring_engine_serves_channels() {
+    let relay = relay("io_uring");
+    scenarios::ten_mib_in_64k_frames_with_messages_byte_exact(&relay);
+    scenarios::close_right_after_last_frame(&relay, 60);
+    scenarios::reader_pings_during_stream_get_pongs_and_lose_nothing(&relay);
+}
+
+#[test]
+fn an_unknown_engine_is_refused_with_its_name() {
+    let dir = temp_dir("io-engine");
+    let path = dir.join("chanrelay.toml");
+    std::fs::write(&path, "io_engine = \"poll\"\n").unwrap();
+    let out = std::process::Command::new(RELAY.bin())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("io_engine") && text.contains("poll"),
+        "{text}"
+    );
+}
