@@ -1,12 +1,12 @@
 //! chanrelay: the data plane for streaming channels.
 //!
 //! Writers and readers connect over WebSocket (iii-compatible) or plain HTTP and the relay
-//! forwards their frames in order, with backpressure, on a thread-per-core io_uring
-//! runtime.
+//! forwards their frames in order, with backpressure, on thread-per-core tokio-uring
+//! runtimes (sockets served by readiness, or by io_uring operations: `io_engine`).
 //!
 //! Layers, each importing only those below it (checked by `tests/layering.rs`):
-//! - leaves: `wire` (pure protocol: frames, heads, routes), `ring` (io_uring, the only
-//!   `unsafe`), `config` (every limit), `error` (what peers see), `metrics`, `oplog` (the
+//! - leaves: `wire` (pure protocol: frames, heads, routes), `ring` (runtime and sockets, the
+//!   only `unsafe`), `config` (every limit), `error` (what peers see), `metrics`, `oplog` (the
 //!   channel-end and refusal log lines), `health` (shard heartbeats), `keys` (access keys,
 //!   signed refs, ref JSON), `subscribers` (engines on the event stream);
 //! - `channel`: a shard's channel table, a channel, the pump;

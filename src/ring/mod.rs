@@ -1,5 +1,7 @@
-//! Everything io_uring: the per-core runtime, listeners, connections, and the fd handoff
-//! between shards. The only module allowed `unsafe`.
+//! The per-core runtime (tokio-uring) and everything about sockets: listeners, connections
+//! and their two engines (readiness through the runtime's epoll reactor, or io_uring
+//! operations), read buffers, and the fd handoff between shards. The only module allowed
+//! `unsafe`.
 
 mod buffer;
 mod conn;
