@@ -13,20 +13,35 @@ fn relay(engine: &str) -> Relay {
     RELAY.with_config(&format!("io_engine = \"{engine}\"\n"))
 }
 
-#[test]
-fn epoll_engine_serves_channels() {
-    let relay = relay("epoll");
+/// The scenarios on a relay started with `engine`; the relay says which engine it runs,
+/// and connections were handed between its two shards (that path adopts sockets too).
+fn serves_channels(engine: &str, logged_as: &str) {
+    let relay = relay(engine);
     scenarios::ten_mib_in_64k_frames_with_messages_byte_exact(&relay);
     scenarios::close_right_after_last_frame(&relay, 60);
     scenarios::reader_pings_during_stream_get_pongs_and_lose_nothing(&relay);
+    let log = relay.log_all();
+    assert!(
+        log.contains(&format!("io_engine={logged_as}")),
+        "the relay does not say it runs {logged_as}:\n{log}"
+    );
+    let handoffs: u64 = relay
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("chanrelay_handoffs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("chanrelay_handoffs_total");
+    assert!(handoffs > 0, "no connection was handed between shards");
+}
+
+#[test]
+fn epoll_engine_serves_channels() {
+    serves_channels("epoll", "Epoll");
 }
 
 #[test]
 fn io_uring_engine_serves_channels() {
-    let relay = relay("io_uring");
-    scenarios::ten_mib_in_64k_frames_with_messages_byte_exact(&relay);
-    scenarios::close_right_after_last_frame(&relay, 60);
-    scenarios::reader_pings_during_stream_get_pongs_and_lose_nothing(&relay);
+    serves_channels("io_uring", "IoUring");
 }
 
 #[test]

@@ -40,6 +40,10 @@ impl Socket {
 
 pub struct Conn {
     socket: Socket,
+    /// Writes leave in the order they were started (readiness engine): a handshake's 101
+    /// before the data another task then sends to that reader, whatever the socket's room.
+    /// io_uring keeps that order by submission.
+    write_order: tokio::sync::Mutex<()>,
     /// Which request the connection serves (keep-alive): deadlines armed for an earlier
     /// one no longer apply (see `Watchdog`).
     request: std::cell::Cell<u32>,
@@ -52,6 +56,7 @@ impl Conn {
     fn new(socket: Socket, peer: Option<std::net::SocketAddr>) -> Conn {
         let conn = Conn {
             socket,
+            write_order: tokio::sync::Mutex::new(()),
             request: std::cell::Cell::new(0),
             peer,
         };
@@ -74,20 +79,26 @@ impl Conn {
     }
 
     /// Adopts a connection handed over from another shard (`peer`: as it was accepted).
+    /// Fails when the socket cannot join the shard's epoll set (`fs.epoll.max_user_watches`
+    /// reached, or no memory).
     pub fn from_std(
         std: std::net::TcpStream,
         peer: Option<std::net::SocketAddr>,
         engine: IoEngine,
-    ) -> Conn {
+    ) -> io::Result<Conn> {
         let socket = match engine {
             IoEngine::Epoll => {
-                std.set_nonblocking(true)
-                    .expect("a socket can be made non-blocking");
-                Socket::Epoll(tokio::net::TcpStream::from_std(std).expect("on a shard's runtime"))
+                std.set_nonblocking(true)?;
+                Socket::Epoll(tokio::net::TcpStream::from_std(std)?)
             }
-            IoEngine::IoUring => Socket::Uring(tokio_uring::net::TcpStream::from_std(std)),
+            IoEngine::IoUring => {
+                // io_uring reads and writes wait for the socket themselves; a non-blocking
+                // one would hand EAGAIN back on older kernels.
+                std.set_nonblocking(false)?;
+                Socket::Uring(tokio_uring::net::TcpStream::from_std(std))
+            }
         };
-        Conn::new(socket, peer)
+        Ok(Conn::new(socket, peer))
     }
 
     /// The peer's address as accepted.
@@ -150,6 +161,7 @@ impl Conn {
         }
         match &self.socket {
             Socket::Epoll(s) => {
+                let _turn = self.write_order.lock().await;
                 let res = epoll::write_range(s, buf.as_ref(), range).await;
                 (res, buf)
             }
@@ -249,6 +261,7 @@ impl Conn {
             segments.iter().filter(|r| !r.is_empty()).cloned().collect();
         match &self.socket {
             Socket::Epoll(s) => {
+                let _turn = self.write_order.lock().await;
                 let res = epoll::write_segments(s, &buf, pending, IOV_MAX).await;
                 (res, buf)
             }
@@ -275,3 +288,21 @@ pub(super) fn advance(pending: &mut [Range<usize>], mut next: usize, mut n: usiz
 
 /// Most iovecs passed to one `writev` (the kernel's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::advance;
+
+    #[test]
+    fn a_partial_vectored_write_leaves_the_rest_of_its_range() {
+        let mut pending = vec![0..10, 20..25, 30..40];
+        // 12 bytes: the first range and 2 of the second.
+        let next = advance(&mut pending, 0, 12);
+        assert_eq!((next, &pending[1..]), (1, &[22..25, 30..40][..]));
+        // The rest of the second range exactly.
+        let next = advance(&mut pending, next, 3);
+        assert_eq!((next, pending[2].clone()), (2, 30..40));
+        let next = advance(&mut pending, next, 10);
+        assert_eq!(next, 3);
+    }
+}

@@ -29,13 +29,12 @@ pub async fn read_append(
 
 /// Writes all of `buf[range]`.
 ///
-/// The first attempt is a plain `send`, made at once: a socket's writes must leave in the
-/// order they were started (the 101 of a handshake before the data a writer's loop then
-/// sends to that reader), and a socket the reactor has not reported on yet would otherwise
-/// wait a turn — in which a later write could go first.
+/// The first attempt is a plain `send`, made at once: a socket the reactor has not reported
+/// on yet would otherwise wait a turn for nothing. (`Conn` keeps a socket's writes in the
+/// order they were started.)
 pub async fn write_range(s: &TcpStream, buf: &[u8], range: Range<usize>) -> io::Result<()> {
     let mut at = range.start;
-    match socket2::SockRef::from(s).send(&buf[at..range.end]) {
+    match socket2::SockRef::from(s).send_with_flags(&buf[at..range.end], libc::MSG_NOSIGNAL) {
         Ok(n) => at += n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => return Err(e),
@@ -72,7 +71,7 @@ pub async fn write_segments(
             .map(|r| io::IoSlice::new(&buf[r.clone()]))
             .collect();
         let res = if std::mem::take(&mut first) {
-            socket2::SockRef::from(s).send_vectored(&iovs)
+            socket2::SockRef::from(s).send_vectored_with_flags(&iovs, libc::MSG_NOSIGNAL)
         } else {
             s.try_write_vectored(&iovs)
         };

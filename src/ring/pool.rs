@@ -300,7 +300,8 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (ours, _) = listener.accept().unwrap();
-            let conn = crate::ring::Conn::from_std(ours, None, crate::ring::IoEngine::IoUring);
+            let conn =
+                crate::ring::Conn::from_std(ours, None, crate::ring::IoEngine::IoUring).unwrap();
             peer.write_all(b"registered bytes").unwrap();
             let mut buf = held.pop().unwrap();
             buf.extend_from_slice(b">>");

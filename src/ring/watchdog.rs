@@ -184,7 +184,7 @@ mod tests {
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
         let (ours, _) = listener.accept().expect("accept");
         (
-            Rc::new(Conn::from_std(ours, None, Default::default())),
+            Rc::new(Conn::from_std(ours, None, Default::default()).unwrap()),
             peer,
         )
     }
@@ -323,8 +323,11 @@ mod write_cut_tests {
         tokio_uring::start(async move {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let _ = socket2::SockRef::from(&_peer).set_recv_buffer_size(64 << 10);
             let (ours, _) = listener.accept().unwrap();
-            let conn = Rc::new(Conn::from_std(ours, None, engine));
+            // Small buffers both ways: the write below surely waits for room.
+            let _ = socket2::SockRef::from(&ours).set_send_buffer_size(64 << 10);
+            let conn = Rc::new(Conn::from_std(ours, None, engine).unwrap());
             let dog = Watchdog::new(&conn, Cut::Reset);
             dog.expire_in(Duration::from_millis(200));
             let t0 = Instant::now();

@@ -183,7 +183,14 @@ pub struct Handoff {
 /// On the owner shard, for a handed-over connection: serve it, then any further requests.
 pub async fn serve_handoff(dispatch: Rc<Dispatch>, h: Handoff) {
     let shard = &dispatch.shard;
-    let conn = Rc::new(Conn::from_std(h.conn, h.peer, shard.config().io_engine));
+    let conn = match Conn::from_std(h.conn, h.peer, shard.config().io_engine) {
+        Ok(conn) => Rc::new(conn),
+        Err(e) => {
+            // Dropped: the client sees its connection close, as when accept fails.
+            tracing::warn!(error = %e, "a handed-over connection could not join this shard");
+            return;
+        }
+    };
     let served = attach(&dispatch, conn, &h.head, &h.target, h.mode, h.leftover).await;
     let limits = HeadLimits::from_config(shard.config());
     let mut requests = DataRequests {

@@ -142,6 +142,7 @@ pub fn start(config: Config) -> std::io::Result<Running> {
 /// Runs until SIGINT or SIGTERM.
 pub fn serve(config: Config) -> Result<(), String> {
     let shards = config.shard_count();
+    let config_engine = config.io_engine;
     raise_fd_limit(&config);
     check_memlock_limit(&config, shards);
     // Before READY=1 (and before anything starts): a SIGTERM that a service manager sends
@@ -162,7 +163,13 @@ pub fn serve(config: Config) -> Result<(), String> {
         );
         let _ = out.flush();
     }
-    tracing::info!(data = %running.data_addr, control = %running.control_addr, shards, "chanrelay started");
+    tracing::info!(
+        data = %running.data_addr,
+        control = %running.control_addr,
+        shards,
+        io_engine = ?config_engine,
+        "chanrelay started"
+    );
     // Both listeners of every shard are bound and listening (the kernel queues connections
     // from here on) and every shard's runtime runs: a service manager may count us started.
     notify::notify(&format!(
