@@ -40,10 +40,6 @@ impl Socket {
 
 pub struct Conn {
     socket: Socket,
-    /// Writes leave in the order they were started (readiness engine): a handshake's 101
-    /// before the data another task then sends to that reader, whatever the socket's room.
-    /// io_uring keeps that order by submission.
-    write_order: tokio::sync::Mutex<()>,
     /// Which request the connection serves (keep-alive): deadlines armed for an earlier
     /// one no longer apply (see `Watchdog`).
     request: std::cell::Cell<u32>,
@@ -56,7 +52,6 @@ impl Conn {
     fn new(socket: Socket, peer: Option<std::net::SocketAddr>) -> Conn {
         let conn = Conn {
             socket,
-            write_order: tokio::sync::Mutex::new(()),
             request: std::cell::Cell::new(0),
             peer,
         };
@@ -161,11 +156,22 @@ impl Conn {
         }
         match &self.socket {
             Socket::Epoll(s) => {
-                let _turn = self.write_order.lock().await;
                 let res = epoll::write_range(s, buf.as_ref(), range).await;
                 (res, buf)
             }
             Socket::Uring(s) => uring::write_range(s, buf, range).await,
+        }
+    }
+
+    /// Writes a connection's first bytes (a handshake's 101) before any other task can
+    /// write to it: once this returns, the channel may hand the socket data from another
+    /// task, which must come after. With readiness the bytes go in one `send` now (a fresh
+    /// socket always has room for a response head) or the write fails; io_uring keeps the
+    /// order by submission.
+    pub async fn write_first(&self, bytes: Vec<u8>) -> io::Result<()> {
+        match &self.socket {
+            Socket::Epoll(s) => epoll::send_now(s, &bytes),
+            Socket::Uring(_) => self.write_all(bytes).await,
         }
     }
 
@@ -261,7 +267,6 @@ impl Conn {
             segments.iter().filter(|r| !r.is_empty()).cloned().collect();
         match &self.socket {
             Socket::Epoll(s) => {
-                let _turn = self.write_order.lock().await;
                 let res = epoll::write_segments(s, &buf, pending, IOV_MAX).await;
                 (res, buf)
             }
@@ -291,7 +296,26 @@ const IOV_MAX: usize = 1024;
 
 #[cfg(test)]
 mod tests {
-    use super::advance;
+    use super::{advance, Conn, IoEngine};
+
+    #[test]
+    fn a_first_write_goes_out_at_once_or_fails() {
+        tokio_uring::start(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let _ = socket2::SockRef::from(&peer).set_recv_buffer_size(4096);
+            let (ours, _) = listener.accept().unwrap();
+            let _ = socket2::SockRef::from(&ours).set_send_buffer_size(4096);
+            let conn = Conn::from_std(ours, None, IoEngine::Epoll).unwrap();
+            conn.write_first(b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec())
+                .await
+                .expect("a fresh socket takes a response head at once");
+            // Far more than the socket can take now: refused rather than left to finish
+            // after whatever another task writes next.
+            let res = conn.write_first(vec![0; 16 << 20]).await;
+            assert!(res.is_err(), "{res:?}");
+        });
+    }
 
     #[test]
     fn a_partial_vectored_write_leaves_the_rest_of_its_range() {

@@ -27,6 +27,15 @@ pub async fn read_append(
     }
 }
 
+/// Sends all of `bytes` in one non-blocking `send`, or fails (`WriteZero` when the socket
+/// took only part of them).
+pub fn send_now(s: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    match socket2::SockRef::from(s).send_with_flags(bytes, libc::MSG_NOSIGNAL)? {
+        n if n == bytes.len() => Ok(()),
+        _ => Err(io::ErrorKind::WriteZero.into()),
+    }
+}
+
 /// Writes all of `buf[range]`.
 ///
 /// The first attempt is a plain `send`, made at once: a socket the reactor has not reported

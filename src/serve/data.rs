@@ -233,7 +233,8 @@ async fn attach(
     let reusable = match mode {
         Mode::WebSocket => {
             let ws_key = head.ws_key.as_deref().unwrap_or_default(); // checked in `route`
-            if conn.write_all(switching_protocols(ws_key)).await.is_err() {
+                                                                     // First: the channel may write to this end from another task once it is out.
+            if conn.write_first(switching_protocols(ws_key)).await.is_err() {
                 ch.finish(match target.dir {
                     Direction::Write => StreamEnd::WriterDisconnected,
                     Direction::Read => StreamEnd::ReaderGone,
