@@ -47,6 +47,11 @@ impl PingReader {
     /// returned future while it is in flight (it owns a read).
     pub async fn next(&mut self, conn: &Conn) -> Result<Option<&mut Batch>, FrameError> {
         if !std::mem::take(&mut self.pending) {
+            // Nothing kept from the last read: let the buffer go while the peer is quiet
+            // (a read by readiness takes one only once bytes are there).
+            if self.buf.is_empty() {
+                self.buf = Vec::new();
+            }
             let buf = std::mem::take(&mut self.buf);
             let (res, buf) = conn.read_append(buf, self.read_bytes).await;
             self.buf = buf;

@@ -118,6 +118,10 @@ async fn writer_loop(
         }
         let size = room.map_or(want, |r| want.min(r));
         let size = size.max(carry.len() + SMALL_READ_BYTES);
+        if small && !pending_input && carry.is_empty() {
+            // An idle writer holds no read buffer while it sends nothing.
+            conn.wait_readable().await;
+        }
         let mut buf = shard.pool.get(size);
         buf.extend_from_slice(&carry);
         if !pending_input {

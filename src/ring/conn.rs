@@ -123,6 +123,15 @@ impl Conn {
         }
     }
 
+    /// Waits until a read would find bytes (or EOF, or an error) — with readiness; with
+    /// io_uring at once. A connection that is mostly idle waits here before it takes a
+    /// buffer, so a parked read holds none.
+    pub async fn wait_readable(&self) {
+        if let Socket::Epoll(s) = &self.socket {
+            let _ = s.readable().await;
+        }
+    }
+
     /// Reads up to `max` bytes appended to `buf`, as [`Conn::read_append`]; a registered
     /// buffer is read with a fixed read (and must have room for `max`).
     pub async fn read_into(&self, buf: Buffer, max: usize) -> (io::Result<usize>, Buffer) {

@@ -8,18 +8,19 @@ use std::ops::Range;
 
 use tokio::net::TcpStream;
 
-/// Reads up to `max` bytes into `buf`'s spare capacity (reserved first); 0 = EOF.
+/// Reads up to `max` bytes into `buf`'s spare capacity (reserved once the socket is
+/// readable: a parked read holds no more than it was given); 0 = EOF.
 pub async fn read_append(
     s: &TcpStream,
     mut buf: Vec<u8>,
     max: usize,
 ) -> (io::Result<usize>, Vec<u8>) {
     use bytes::BufMut;
-    buf.reserve(max);
     loop {
         if let Err(e) = s.readable().await {
             return (Err(e), buf);
         }
+        buf.reserve(max);
         match s.try_read_buf(&mut (&mut buf).limit(max)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             res => return (res, buf),
