@@ -74,10 +74,6 @@ impl Buffer {
         }
     }
 
-    pub fn clear(&mut self) {
-        self.truncate(0);
-    }
-
     /// Appends `bytes`; a registered buffer without room for them moves to the heap first.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         if self.len() + bytes.len() > self.capacity() && self.is_registered() {

@@ -135,24 +135,19 @@ impl Conn {
     /// Reads up to `max` bytes appended to `buf`, as [`Conn::read_append`]; a registered
     /// buffer is read with a fixed read (and must have room for `max`).
     pub async fn read_into(&self, buf: Buffer, max: usize) -> (io::Result<usize>, Buffer) {
-        match (&self.socket, buf.take_registered()) {
+        // Registered buffers come with the io_uring engine only (the configuration refuses
+        // them with epoll); any other buffer is read as a vector.
+        let buf = match (&self.socket, buf.take_registered()) {
             // Boxed: the heap path's future, which every idle connection holds, stays as
             // small as a plain read's.
             (Socket::Uring(s), Ok((fixed, len, cap))) => {
-                Box::pin(uring::read_fixed_append(s, fixed, len, cap, max)).await
+                return Box::pin(uring::read_fixed_append(s, fixed, len, cap, max)).await
             }
-            (_, Ok((fixed, len, cap))) => {
-                // Registered buffers come with the io_uring engine only (the configuration
-                // refuses them with epoll); read into the heap should one get here.
-                let buf = Buffer::from_registered_read(fixed, len, cap, 0).into_vec();
-                let (res, v) = self.read_append(buf, max).await;
-                (res, v.into())
-            }
-            (_, Err(heap)) => {
-                let (res, v) = self.read_append(heap.into_vec(), max).await;
-                (res, v.into())
-            }
-        }
+            (_, Ok((fixed, len, cap))) => Buffer::from_registered_read(fixed, len, cap, 0),
+            (_, Err(heap)) => heap,
+        };
+        let (res, v) = self.read_append(buf.into_vec(), max).await;
+        (res, v.into())
     }
 
     /// Writes all of `buf[range]`.
@@ -272,14 +267,14 @@ impl Conn {
         assert!(segments
             .iter()
             .all(|r| r.start <= r.end && r.end <= buf.len()));
-        let pending: Vec<Range<usize>> =
+        let mut pending: Vec<Range<usize>> =
             segments.iter().filter(|r| !r.is_empty()).cloned().collect();
         match &self.socket {
             Socket::Epoll(s) => {
-                let res = epoll::write_segments(s, &buf, pending, IOV_MAX).await;
+                let res = epoll::write_segments(s, &buf, &mut pending, IOV_MAX).await;
                 (res, buf)
             }
-            Socket::Uring(s) => uring::write_segments(s, buf, pending, IOV_MAX).await,
+            Socket::Uring(s) => uring::write_segments(s, buf, &mut pending, IOV_MAX).await,
         }
     }
 }

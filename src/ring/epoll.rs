@@ -38,59 +38,40 @@ pub fn send_now(s: &TcpStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Writes all of `buf[range]`.
-///
-/// The first attempt is a plain `send`, made at once: a socket the reactor has not reported
-/// on yet would otherwise wait a turn for nothing. (`Conn` keeps a socket's writes in the
-/// order they were started.)
 pub async fn write_range(s: &TcpStream, buf: &[u8], range: Range<usize>) -> io::Result<()> {
-    let mut at = range.start;
-    match socket2::SockRef::from(s).send_with_flags(&buf[at..range.end], libc::MSG_NOSIGNAL) {
-        Ok(n) => at += n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e),
-    }
-    while at < range.end {
-        s.writable().await?;
-        match s.try_write(&buf[at..range.end]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => at += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    write_segments(s, buf, &mut [range], 1).await
 }
 
-/// Writes `buf[r]` for every range of `pending`, in order, with vectored writes (at most
-/// `iov_max` ranges a call).
+/// Writes `buf[r]` for every range of `pending` (none empty), in order, with vectored
+/// writes of at most `iov_max` ranges.
+///
+/// The first attempt is a plain `sendmsg`, made at once: a socket the reactor has not
+/// reported on yet would otherwise wait a turn for nothing. Later attempts go through the
+/// reactor, whose readiness a `WouldBlock` clears.
 pub async fn write_segments(
     s: &TcpStream,
     buf: &[u8],
-    mut pending: Vec<Range<usize>>,
+    pending: &mut [Range<usize>],
     iov_max: usize,
 ) -> io::Result<()> {
+    let iovs = |pending: &[Range<usize>]| -> Vec<io::IoSlice<'_>> {
+        let slice = |r: &Range<usize>| io::IoSlice::new(&buf[r.clone()]);
+        pending.iter().take(iov_max).map(slice).collect()
+    };
+    let mut res =
+        socket2::SockRef::from(s).send_vectored_with_flags(&iovs(pending), libc::MSG_NOSIGNAL);
     let mut next = 0; // first range not fully written
-    let mut first = true; // at once by a plain `sendmsg`, as in `write_range`
-    while next < pending.len() {
-        if !first {
-            s.writable().await?;
-        }
-        let iovs: Vec<io::IoSlice<'_>> = pending[next..]
-            .iter()
-            .take(iov_max)
-            .map(|r| io::IoSlice::new(&buf[r.clone()]))
-            .collect();
-        let res = if std::mem::take(&mut first) {
-            socket2::SockRef::from(s).send_vectored_with_flags(&iovs, libc::MSG_NOSIGNAL)
-        } else {
-            s.try_write_vectored(&iovs)
-        };
+    loop {
         match res {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => next = super::conn::advance(&mut pending, next, n),
+            Ok(n) => next = super::conn::advance(pending, next, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+        if next == pending.len() {
+            return Ok(());
+        }
+        s.writable().await?;
+        res = s.try_write_vectored(&iovs(&pending[next..]));
     }
-    Ok(())
 }

@@ -120,6 +120,29 @@ impl BufPool {
             .filter(|&(_, n)| n > 0)
     }
 
+    /// Registers `registered_buffer_bytes` of buffers with the ring (logged when refused).
+    fn register(&self) -> Registered {
+        let bufs: Vec<Vec<u8>> = self
+            .registered_classes()
+            .flat_map(|(c, n)| (0..n).map(move |_| Vec::with_capacity(c)))
+            .collect();
+        let total: usize = bufs.iter().map(Vec::capacity).sum();
+        let pool = FixedBufPool::new(bufs);
+        match pool.register() {
+            Ok(()) => Registered::Ready(Rc::new(pool), total),
+            Err(e) => {
+                tracing::warn!(
+                    bytes = total,
+                    error = %e,
+                    "registering read buffers with io_uring failed; reads use heap buffers \
+                     (raise the memlock limit, e.g. LimitMEMLOCK= in the systemd unit, or set \
+                     registered_buffer_bytes = 0)"
+                );
+                Registered::None
+            }
+        }
+    }
+
     /// A free registered buffer of exactly `cap` bytes, registering them on first use.
     fn registered_buffer(&self, cap: usize) -> Option<Buffer> {
         if !(MIN_STREAM_READ..=REGISTERED_MAX_READ).contains(&cap) {
@@ -127,25 +150,7 @@ impl BufPool {
         }
         let pending = matches!(*self.registered.borrow(), Registered::Pending);
         if pending {
-            let bufs: Vec<Vec<u8>> = self
-                .registered_classes()
-                .flat_map(|(c, n)| (0..n).map(move |_| Vec::with_capacity(c)))
-                .collect();
-            let total: usize = bufs.iter().map(Vec::capacity).sum();
-            let pool = FixedBufPool::new(bufs);
-            let state = match pool.register() {
-                Ok(()) => Registered::Ready(Rc::new(pool), total),
-                Err(e) => {
-                    tracing::warn!(
-                        bytes = total,
-                        error = %e,
-                        "registering read buffers with io_uring failed; reads use heap \
-                         buffers (raise the memlock limit, e.g. LimitMEMLOCK= in the systemd \
-                         unit, or set registered_buffer_bytes = 0)"
-                    );
-                    Registered::None
-                }
-            };
+            let state = self.register();
             *self.registered.borrow_mut() = state;
         }
         match &*self.registered.borrow() {

@@ -75,12 +75,12 @@ unsafe impl IoBuf for SharedRange {
     }
 }
 
-/// Writes `buf[r]` for every range of `pending`, in order, with vectored writes (at most
-/// `iov_max` ranges a call).
+/// Writes `buf[r]` for every range of `pending` (none empty), in order, with vectored writes
+/// (at most `iov_max` ranges a call).
 pub async fn write_segments(
     s: &TcpStream,
     buf: Buffer,
-    mut pending: Vec<Range<usize>>,
+    pending: &mut [Range<usize>],
     iov_max: usize,
 ) -> (io::Result<()>, Buffer) {
     let shared = Rc::new(buf);
@@ -102,7 +102,7 @@ pub async fn write_segments(
                 result = Err(io::ErrorKind::WriteZero.into());
                 break;
             }
-            Ok(n) => next = super::conn::advance(&mut pending, next, n),
+            Ok(n) => next = super::conn::advance(pending, next, n),
             Err(e) => {
                 result = Err(e);
                 break;
