@@ -1,15 +1,15 @@
 //! Micro-benchmarks of the pure protocol core (`chanrelay::wire`): frame header parse,
 //! in-place unmask (word loop vs a naive byte loop vs the runtime-detected vector path vs a
-//! plain copy), the full forwarding pass
-//! (`FrameForwarder::process` + `compact`: unmask and re-header), chunk encoding of forwarded
-//! frames for HTTP readers (`chunked::render_body`) and the WebSocket handshake.
+//! plain copy), the full forwarding pass (`FrameForwarder::process` + `compact`: unmask and
+//! re-header, in place or packed), chunk encoding of forwarded frames for HTTP readers
+//! (`chunked::render_body`) and the WebSocket handshake.
 //!
 //! Run: `cargo bench --bench wire` (quick: `-- --warm-up-time 1 --measurement-time 2`).
 
 use std::hint::black_box;
 
 use chanrelay::wire::chunked::{render_body, BodyFraming};
-use chanrelay::wire::forward::{compact, Batch, FrameForwarder};
+use chanrelay::wire::forward::{compact, Batch, FrameForwarder, Layout, Unmask};
 use chanrelay::wire::frame::{parse_client_header, unmask};
 use chanrelay::wire::head::parse_request_head;
 use chanrelay::wire::response::switching_protocols;
@@ -100,12 +100,18 @@ fn bench_forward(c: &mut Criterion) {
         }
         g.throughput(Throughput::Bytes(BUF as u64));
         // `word`: the forwarder's own loop; `ring`: the unmask the relay's writer loop gives
-        // it (`ring::unmask`, AVX2 when the CPU has it), called through a function pointer.
-        type Unmask = fn(&mut [u8], [u8; 4], usize);
+        // it (`ring::unmask_to`, AVX2 when the CPU has it), called through a function
+        // pointer. `in_place`: frames unmasked where they lie, then `compact`ed (an HTTP
+        // reader's layout, and a WebSocket reader's before it connects); `packed`: moved
+        // together as they are unmasked (a WebSocket reader's).
         let unmasks: [(&str, Option<Unmask>); 2] =
-            [("word", None), ("ring", Some(chanrelay::ring::unmask))];
-        for (kind, unmask) in unmasks {
-            g.bench_function(format!("{name}/{kind}"), |b| {
+            [("word", None), ("ring", Some(chanrelay::ring::unmask_to))];
+        let layouts = [("in_place", Layout::InPlace), ("packed", Layout::Packed)];
+        for ((kind, unmask), (layout_name, layout)) in unmasks
+            .iter()
+            .flat_map(|u| layouts.iter().map(move |l| (*u, *l)))
+        {
+            g.bench_function(format!("{name}/{kind}/{layout_name}"), |b| {
                 let mut batch = Batch::default();
                 b.iter_batched_ref(
                     || input.clone(),
@@ -114,6 +120,7 @@ fn bench_forward(c: &mut Criterion) {
                         if let Some(f) = unmask {
                             fwd = fwd.with_unmask(f);
                         }
+                        fwd.set_layout(layout);
                         fwd.process(buf, &mut batch).expect("valid frames");
                         let r = compact(buf, &batch.segments);
                         black_box((r, batch.consumed));

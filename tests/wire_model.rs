@@ -8,10 +8,12 @@
 //! exactly as `channel::pump` drives it (the unconsumed remainder `buf[consumed..]` is
 //! carried to the front of the next read, the output is `compact`ed) must come out as the
 //! same data frames, byte for byte, as unmasked server frames: same opcodes, FIN bits and
-//! payloads, control frames not forwarded, the Close reported. Random and mutated input
-//! must never panic and must keep the batch invariants the pump relies on.
+//! payloads, control frames not forwarded, the Close reported. That holds in either layout
+//! (frames in place, or packed together as they are unmasked) and when the layout changes
+//! between reads, as it does when a WebSocket reader connects mid-stream. Random and
+//! mutated input must never panic and must keep the batch invariants the pump relies on.
 
-use chanrelay::wire::forward::{compact, Batch, FrameForwarder, MAX_CARRY};
+use chanrelay::wire::forward::{compact, Batch, FrameForwarder, Layout, MAX_CARRY};
 use chanrelay::wire::frame::{
     server_frame, server_header_len, unmask, write_server_header, Opcode,
 };
@@ -255,14 +257,24 @@ struct Run {
 }
 
 /// Checks `batch.pieces` (before `compact` moves the bytes) and rebuilds frames from them.
-fn collect_pieces(buf: &[u8], batch: &Batch, run: &mut Run) -> Result<(), TestCaseError> {
+fn collect_pieces(
+    buf: &[u8],
+    batch: &Batch,
+    layout: Layout,
+    run: &mut Run,
+) -> Result<(), TestCaseError> {
     let mut prev_end = 0;
     for p in &batch.pieces {
         prop_assert!(p.payload.start <= p.payload.end && p.payload.end <= batch.consumed);
         prop_assert!(p.payload.start >= prev_end, "pieces overlap or unordered");
         if p.starts {
-            // The client header's bytes are free for the peer's framing.
-            prop_assert!(p.gap_start >= prev_end && p.payload.start - p.gap_start >= 6);
+            // In place, the client header's bytes are free for the peer's framing; packed,
+            // the server header's.
+            let room = match layout {
+                Layout::InPlace => 6,
+                Layout::Packed => server_header_len(p.frame_len),
+            };
+            prop_assert!(p.gap_start >= prev_end && p.payload.start - p.gap_start >= room);
             prop_assert!(
                 run.piece_open.is_none(),
                 "a piece starts inside another frame"
@@ -290,9 +302,44 @@ fn collect_pieces(buf: &[u8], batch: &Batch, run: &mut Run) -> Result<(), TestCa
     Ok(())
 }
 
+/// Which layout each read is processed in.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    InPlace,
+    Packed,
+    /// In place until the read with this index, packed from there on.
+    PackedFrom(usize),
+}
+
+impl Plan {
+    fn layout(self, read: usize) -> Layout {
+        match self {
+            Plan::InPlace => Layout::InPlace,
+            Plan::Packed => Layout::Packed,
+            Plan::PackedFrom(i) if read >= i => Layout::Packed,
+            Plan::PackedFrom(_) => Layout::InPlace,
+        }
+    }
+}
+
+fn plan() -> impl Strategy<Value = Plan> {
+    prop_oneof![
+        Just(Plan::InPlace),
+        Just(Plan::Packed),
+        (1usize..8).prop_map(Plan::PackedFrom),
+    ]
+}
+
 /// Checks the invariants every batch must keep, whatever the input.
-fn check_batch(buf: &[u8], batch: &Batch) -> Result<(), TestCaseError> {
+fn check_batch(buf: &[u8], batch: &Batch, layout: Layout) -> Result<(), TestCaseError> {
     prop_assert!(batch.consumed <= buf.len());
+    if layout == Layout::Packed {
+        prop_assert!(
+            batch.segments.len() <= 1,
+            "packed output in {} ranges",
+            batch.segments.len()
+        );
+    }
     let mut prev_end = 0;
     for r in &batch.segments {
         prop_assert!(r.start < r.end, "empty segment {:?}", r);
@@ -311,8 +358,9 @@ fn check_batch(buf: &[u8], batch: &Batch) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn drive(input: &[u8], cuts: &[usize], max_payload: u64) -> Result<Run, TestCaseError> {
+fn drive(input: &[u8], cuts: &[usize], max_payload: u64, plan: Plan) -> Result<Run, TestCaseError> {
     let mut fwd = FrameForwarder::new(max_payload);
+    let mut reads = 0;
     let mut batch = Batch::default();
     let mut run = Run::default();
     let mut carry: Vec<u8> = Vec::new();
@@ -330,12 +378,15 @@ fn drive(input: &[u8], cuts: &[usize], max_payload: u64) -> Result<Run, TestCase
         buf[carry.len()..filled].copy_from_slice(&input[read_start..read_end]);
         read_start = read_end;
 
+        let layout = plan.layout(reads);
+        reads += 1;
+        fwd.set_layout(layout);
         if let Err(e) = fwd.process(&mut buf[..filled], &mut batch) {
             run.error = Some(e);
             return Ok(run);
         }
-        check_batch(&buf[..filled], &batch)?;
-        collect_pieces(&buf[..filled], &batch, &mut run)?;
+        check_batch(&buf[..filled], &batch, layout)?;
+        collect_pieces(&buf[..filled], &batch, layout, &mut run)?;
         carry = buf[batch.consumed..filled].to_vec();
         run.frames_completed += batch.frames_completed as u64;
         run.payload_bytes += batch.payload_bytes;
@@ -502,6 +553,7 @@ proptest! {
         trailer in prop::collection::vec(any::<u8>(), 0..32),
         cuts in cuts(),
         one_byte_reads in prop::bool::weighted(0.05),
+        plan in plan(),
     ) {
         let e = build(&frames, &trailer);
         let cuts = if one_byte_reads && e.input.len() <= 4096 {
@@ -509,7 +561,7 @@ proptest! {
         } else {
             resolve_cuts(&cuts, &e)
         };
-        let run = drive(&e.input, &cuts, MAX_PAYLOAD)?;
+        let run = drive(&e.input, &cuts, MAX_PAYLOAD, plan)?;
         prop_assert_eq!(run.error, None);
 
         // Same frames: opcodes, FIN bits, payloads; no control frame forwarded.
@@ -548,10 +600,11 @@ proptest! {
         input in prop::collection::vec(any::<u8>(), 0..2048),
         cuts in prop::collection::vec(any::<Index>(), 0..32),
         max_payload in prop_oneof![Just(u64::MAX), Just(MAX_PAYLOAD), 0u64..200],
+        plan in plan(),
     ) {
         let mut c: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
         c.sort_unstable();
-        drive(&input, &c, max_payload)?;
+        drive(&input, &c, max_payload, plan)?;
     }
 
     /// Mostly-valid streams with a few bytes overwritten: the interesting garbage (it gets
@@ -561,6 +614,7 @@ proptest! {
         frames in stream(),
         edits in prop::collection::vec((any::<Index>(), any::<u8>()), 1..6),
         cuts in cuts(),
+        plan in plan(),
     ) {
         let mut e = build(&frames, &[]);
         for (i, v) in &edits {
@@ -570,7 +624,7 @@ proptest! {
         let cuts = resolve_cuts(&cuts, &e);
         // `drive` checks after every batch that the output so far is whole server frames
         // exactly when the forwarder says it is at a frame boundary.
-        drive(&e.input, &cuts, MAX_PAYLOAD)?;
+        drive(&e.input, &cuts, MAX_PAYLOAD, plan)?;
     }
 
     /// The word-wide `unmask` equals a byte loop at any length and payload offset.
@@ -601,7 +655,36 @@ fn header_trickled_one_byte_at_a_time() {
     ));
     let mut cuts: Vec<usize> = (1..=14).collect();
     cuts.push(35_000);
-    let run = drive(&input, &cuts, MAX_PAYLOAD).unwrap();
-    assert_eq!(run.output, server_frame(Opcode::Binary, &p));
-    assert_eq!(run.close, Some((1000, vec![])));
+    for plan in [Plan::InPlace, Plan::Packed, Plan::PackedFrom(7)] {
+        let run = drive(&input, &cuts, MAX_PAYLOAD, plan).unwrap();
+        assert_eq!(run.output, server_frame(Opcode::Binary, &p), "{plan:?}");
+        assert_eq!(run.close, Some((1000, vec![])));
+    }
+}
+
+/// Many small frames with pings between them in one read: packed, they leave as one range,
+/// moved together, byte for byte what the in-place ranges `compact`ed give.
+#[test]
+fn packed_small_frames_are_one_range() {
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..200u32 {
+        let p = payload_bytes(1 + (i as usize * 37) % 1100, i as u64);
+        input.extend(encode_client(true, Opcode::Binary, &p, i.to_be_bytes()));
+        expected.extend(server_frame(Opcode::Binary, &p));
+        if i % 50 == 7 {
+            input.extend(encode_client(true, Opcode::Ping, b"hi", [3, 1, 4, 1]));
+        }
+    }
+    let mut fwd = FrameForwarder::new(MAX_PAYLOAD);
+    fwd.set_layout(Layout::Packed);
+    let mut batch = Batch::default();
+    let mut buf = input.clone();
+    fwd.process(&mut buf, &mut batch).unwrap();
+    assert_eq!(batch.segments.len(), 1);
+    assert_eq!(buf[batch.segments[0].clone()], expected[..]);
+    assert_eq!(batch.frames_completed, 200);
+    assert_eq!(batch.pings.len(), 4);
+    // The first frame stays where it was read; the rest moved up against it.
+    assert_eq!(batch.segments[0].start, 4);
 }

@@ -2,15 +2,17 @@
 //! reads and driven as `channel::pump` drives it (the unconsumed remainder carried to the
 //! front of the next read, the output `compact`ed).
 //!
-//! Input layout: byte 0 picks the frame-size limit and how many of the following bytes
-//! are read lengths (cycled); the rest is the client stream.
+//! Input layout: byte 0 picks the frame-size limit, how many of the following bytes are
+//! read lengths (cycled) and whether the split run packs every other read
+//! (`Layout::Packed`); the rest is the client stream.
 //!
-//! Checked: no panic; batch invariants (segments ordered, inside the consumed part; the
-//! carried remainder smaller than `MAX_CARRY`); and split invariance — the same bytes fed
-//! as one read give the same output, the same Close / error and the same remainder.
+//! Checked: no panic; batch invariants (segments ordered, inside the consumed part, one at
+//! most when packed; the carried remainder smaller than `MAX_CARRY`); and split invariance
+//! — the same bytes fed as one read, in place, give the same output, the same Close / error
+//! and the same remainder.
 #![no_main]
 
-use chanrelay::wire::forward::{compact, Batch, FrameForwarder, MAX_CARRY};
+use chanrelay::wire::forward::{compact, Batch, FrameForwarder, Layout, MAX_CARRY};
 use chanrelay::wire::frame::FrameError;
 use libfuzzer_sys::fuzz_target;
 
@@ -22,8 +24,9 @@ enum End {
     Error(FrameError),
 }
 
-fn drive(input: &[u8], read_lens: &[usize], max_payload: u64) -> (Vec<u8>, End) {
+fn drive(input: &[u8], read_lens: &[usize], max_payload: u64, alternate: bool) -> (Vec<u8>, End) {
     let mut fwd = FrameForwarder::new(max_payload);
+    let mut reads = 0usize;
     let mut batch = Batch::default();
     let mut out = Vec::new();
     let mut carry: Vec<u8> = Vec::new();
@@ -38,9 +41,13 @@ fn drive(input: &[u8], read_lens: &[usize], max_payload: u64) -> (Vec<u8>, End) 
         buf[..carry.len()].copy_from_slice(&carry);
         buf[carry.len()..filled].copy_from_slice(&input[pos..pos + n]);
         pos += n;
+        let packed = alternate && reads % 2 == 1;
+        reads += 1;
+        fwd.set_layout(if packed { Layout::Packed } else { Layout::InPlace });
         if let Err(e) = fwd.process(&mut buf[..filled], &mut batch) {
             return (out, End::Error(e));
         }
+        assert!(!packed || batch.segments.len() <= 1, "packed into several ranges");
         assert!(batch.consumed <= filled);
         let mut prev = 0;
         for r in &batch.segments {
@@ -85,8 +92,10 @@ fuzz_target!(|data: &[u8]| {
         .map(|&b| (b as usize + 1) * scale)
         .collect();
 
-    let (split_out, split_end) = drive(input, &read_lens, max_payload);
-    let (whole_out, whole_end) = drive(input, &[input.len().max(1)], max_payload);
+    // Bit 4: the split run packs every other read.
+    let alternate = ctl & 0x10 != 0;
+    let (split_out, split_end) = drive(input, &read_lens, max_payload, alternate);
+    let (whole_out, whole_end) = drive(input, &[input.len().max(1)], max_payload, false);
     assert_eq!(
         split_end, whole_end,
         "outcome depends on how the input was split"

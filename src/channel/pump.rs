@@ -15,7 +15,7 @@ use super::state::{Busy, CloseHow, Core, Offer, PingVerdict, ReaderStep};
 use crate::config::{CLOSE_TIMEOUT, SMALL_READ_BYTES};
 use crate::error::StreamEnd;
 use crate::ring::{self, Buffer, Conn, Cut, Watchdog};
-use crate::wire::forward::{compact, Batch, FrameForwarder};
+use crate::wire::forward::{compact, Batch, FrameForwarder, Layout};
 use crate::wire::frame::{close_frame, server_frame, Opcode};
 
 /// How the writer's loop ended.
@@ -35,7 +35,7 @@ enum WriterExit {
 /// Reads the writer socket until the stream ends. Nothing is ever sent to the writer
 /// before its Close, except pongs it asked for and the Close of an abnormal end.
 pub async fn run_writer(shard: &Shard, ch: &Rc<Channel>, conn: &Rc<Conn>, leftover: Vec<u8>) {
-    let mut fwd = FrameForwarder::new(shard.config().max_frame_bytes).with_unmask(ring::unmask);
+    let mut fwd = FrameForwarder::new(shard.config().max_frame_bytes).with_unmask(ring::unmask_to);
     let exit = writer_loop(shard, ch, conn, &mut fwd, leftover).await;
     if ch.core.borrow_mut().writer_stopped() {
         ch.reader_wake.notify_one(); // the frame's end will not come
@@ -142,6 +142,14 @@ async fn writer_loop(
         }
         let filled = buf.len();
         pending_input = false;
+        // A WebSocket reader takes the frames packed together as they are unmasked (one
+        // pass, one range to write); until a reader is known, each keeps the room an HTTP
+        // reader's chunk header needs.
+        fwd.set_layout(if ch.core.borrow().reader_is_websocket() {
+            Layout::Packed
+        } else {
+            Layout::InPlace
+        });
         // On a protocol error the batch still holds every frame before the bad one.
         let result = fwd.process(&mut buf[..filled], &mut batch);
         carry.clear();

@@ -439,6 +439,12 @@ impl Core {
         }
     }
 
+    /// The reader is a WebSocket: it takes frames back to back, with no room between them
+    /// (false until a reader has connected, since an HTTP one needs that room).
+    pub fn reader_is_websocket(&self) -> bool {
+        self.reader != Slot::Waiting && self.reader_kind == Kind::WebSocket
+    }
+
     /// An end connects (`kind` says how it speaks).
     pub fn connect(&mut self, dir: Direction, kind: Kind) {
         match dir {

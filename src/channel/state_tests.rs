@@ -6,11 +6,20 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::wire::forward::{Batch, FrameForwarder};
+use crate::wire::forward::{Batch, FrameForwarder, Layout};
 use crate::wire::frame::{client_frame, close_frame, Opcode};
 
-/// Chunks a writer loop would make of `frames`, read `reads` bytes at a time.
+/// Chunks a writer loop would make of `frames`, read `reads` bytes at a time (in place).
 fn writer_chunks(frames: &[(bool, Opcode, Vec<u8>)], reads: &[usize]) -> Vec<Chunk> {
+    writer_chunks_in(frames, reads, Layout::InPlace)
+}
+
+/// The same, laid out as `layout` (a WebSocket reader's are packed).
+fn writer_chunks_in(
+    frames: &[(bool, Opcode, Vec<u8>)],
+    reads: &[usize],
+    layout: Layout,
+) -> Vec<Chunk> {
     let mut wire = Vec::new();
     let mut in_message = false;
     for (i, (fin, op, payload)) in frames.iter().enumerate() {
@@ -24,6 +33,7 @@ fn writer_chunks(frames: &[(bool, Opcode, Vec<u8>)], reads: &[usize]) -> Vec<Chu
         wire.extend(client_frame(*fin, op, payload, [i as u8, 7, 3, 9]));
     }
     let mut fwd = FrameForwarder::new(1 << 20);
+    fwd.set_layout(layout);
     let mut batch = Batch::default();
     let mut carry = Vec::new();
     let mut chunks = Vec::new();
@@ -404,8 +414,10 @@ proptest! {
         frames in prop::collection::vec(frame(), 0..8),
         reads in prop::collection::vec(prop_oneof![1usize..200, 10_000usize..50_000], 1..6),
         events in prop::collection::vec(event(), 0..80),
+        packed in any::<bool>(),
     ) {
-        let mut h = Harness::new(writer_chunks(&frames, &reads));
+        let layout = if packed { Layout::Packed } else { Layout::InPlace };
+        let mut h = Harness::new(writer_chunks_in(&frames, &reads, layout));
         for e in events {
             h.apply(e);
         }
@@ -625,5 +637,24 @@ fn a_trickled_frame_is_held_at_its_size() {
         core.held() < 2 * n + 4096,
         "held {} for {n} bytes",
         core.held()
+    );
+}
+
+#[test]
+fn only_a_connected_websocket_reader_takes_packed_frames() {
+    let mut core = Core::new();
+    assert!(
+        !core.reader_is_websocket(),
+        "no reader yet: an HTTP one may come"
+    );
+    core.connect(Direction::Read, Kind::Http);
+    assert!(!core.reader_is_websocket());
+    let mut core = Core::new();
+    core.connect(Direction::Read, Kind::WebSocket);
+    assert!(core.reader_is_websocket());
+    core.disconnect(Direction::Read);
+    assert!(
+        core.reader_is_websocket(),
+        "a reader that left stays what it was"
     );
 }

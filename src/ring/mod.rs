@@ -22,5 +22,5 @@ pub use limits::{
 pub use listener::{bind_reuseport, Listener, LISTEN_BACKLOG};
 pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES, REGISTERED_MAX_READ};
 pub use runtime::{spawn, spawn_pinned, uring_unavailable, RING_ENTRIES};
-pub use unmask::{unmask, unmask_is_vectorized};
+pub use unmask::{unmask, unmask_is_vectorized, unmask_to};
 pub use watchdog::{Cut, Watchdog};

@@ -1,14 +1,23 @@
 //! The cut-through frame forwarder: walks client frames in a read buffer, unmasks data
-//! payloads in place, rewrites each header as a server header in the bytes directly in
-//! front of the payload (where the mask key was), and reports which byte ranges of the
-//! buffer are ready to send to the peer. Partial payloads are forwarded as they arrive;
-//! frames keep their boundaries, opcodes and FIN bits. No I/O, no clock.
+//! payloads, writes each header as a server header in front of its payload, and reports
+//! which byte ranges of the buffer are ready to send to the peer. Partial payloads are
+//! forwarded as they arrive; frames keep their boundaries, opcodes and FIN bits. No I/O,
+//! no clock.
+//!
+//! Two layouts (`Layout`), chosen per buffer:
+//! - **In place**: a payload is unmasked where it lies and its server header goes in the
+//!   bytes directly in front of it (where the mask key was). Every frame keeps the rest of
+//!   its client header (at least 6 bytes) free in front: room for an HTTP chunk's header.
+//!   Small frames leave many ranges that `compact` moves together before one write.
+//! - **Packed**: each frame is unmasked and moved up against the one before it in the same
+//!   pass, so the output is one range with no second pass over the bytes: for a WebSocket
+//!   peer, which needs no room between frames.
 
 use std::ops::Range;
 
 use super::frame::{
-    parse_client_header, parse_close_payload, server_header_len, unmask, write_server_header,
-    FrameError, Opcode, MAX_CONTROL_PAYLOAD,
+    parse_client_header, parse_close_payload, server_header_len, unmask, unmask_to,
+    write_server_header, FrameError, Opcode, MAX_CONTROL_PAYLOAD,
 };
 
 /// Most bytes an incomplete header or control frame can leave at the end of a buffer.
@@ -31,7 +40,7 @@ enum State {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Ranges of the buffer to send to a WebSocket peer, in order (server headers +
-    /// payloads; `compact` makes them contiguous).
+    /// payloads; `compact` makes them contiguous). At most one with `Layout::Packed`.
     pub segments: Vec<Range<usize>>,
     /// The same data frame by frame, for peers that frame it differently (HTTP bodies).
     pub pieces: Vec<Piece>,
@@ -79,18 +88,29 @@ pub struct Piece {
     pub frame_len: u64,
     /// The frame's payload bytes in this buffer (unmasked).
     pub payload: Range<usize>,
-    /// The frame starts in this buffer: `gap_start..payload.start` held its client header
-    /// and is free for whatever header the peer's framing needs (at least 6 bytes).
+    /// The frame starts in this buffer: `gap_start..payload.start` is free for whatever
+    /// header the peer's framing needs. In place that is where its client header was (at
+    /// least 6 bytes); packed, where its server header was written (2 to 10 bytes).
     pub starts: bool,
     pub gap_start: usize,
     /// The frame's last byte is in this buffer.
     pub ends: bool,
 }
 
-/// An in-place unmask with the signature of [`unmask`]: `wire` is pure and has only the
-/// portable word loop; a faster one (vectors picked at run time, `ring::unmask`) is passed
-/// in by whoever runs the forwarder.
-pub type Unmask = fn(&mut [u8], [u8; 4], usize);
+/// An unmask with the signature of [`unmask_to`] (it may move the bytes towards the front
+/// as it unmasks): `wire` is pure and has only the portable word loop; a faster one
+/// (vectors picked at run time, `ring::unmask_to`) is passed in by whoever runs the
+/// forwarder.
+pub type Unmask = fn(&mut [u8], usize, usize, usize, [u8; 4], usize);
+
+/// Where data frames go in the buffer (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Each frame where it was read, with its client header's room in front (HTTP peers).
+    InPlace,
+    /// Frames moved together as they are unmasked: one range out (WebSocket peers).
+    Packed,
+}
 
 /// Streaming state for one client connection.
 #[derive(Debug)]
@@ -101,6 +121,7 @@ pub struct FrameForwarder {
     in_message: bool,
     /// Unmasks data payloads (control payloads are tiny and use the word loop).
     unmask: Unmask,
+    layout: Layout,
 }
 
 impl FrameForwarder {
@@ -109,7 +130,8 @@ impl FrameForwarder {
             max_payload,
             state: State::Header,
             in_message: false,
-            unmask,
+            unmask: unmask_to,
+            layout: Layout::InPlace,
         }
     }
 
@@ -117,6 +139,12 @@ impl FrameForwarder {
     pub fn with_unmask(mut self, f: Unmask) -> Self {
         self.unmask = f;
         self
+    }
+
+    /// The layout of the next buffers processed (each buffer is laid out on its own, so
+    /// this may change between any two).
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     /// True when no frame is partly read (a clean point to stop).
@@ -129,10 +157,17 @@ impl FrameForwarder {
     /// `err.close_code()`.
     pub fn process(&mut self, buf: &mut [u8], out: &mut Batch) -> Result<(), FrameError> {
         out.clear();
+        let packed = self.layout == Layout::Packed;
         let mut pos = 0usize;
         let len = buf.len();
         out.at_boundary = self.state == State::Header;
         while pos < len {
+            // Where the next output byte goes: where it lies, or packed right after the
+            // output so far (never after `pos`, so nothing unread is overwritten).
+            let at = match out.segments.last() {
+                Some(r) if packed => r.end,
+                _ => pos,
+            };
             match self.state {
                 State::Payload {
                     remaining,
@@ -143,22 +178,22 @@ impl FrameForwarder {
                     frame_len,
                 } => {
                     let take = remaining.min((len - pos) as u64) as usize;
-                    (self.unmask)(&mut buf[pos..pos + take], mask, offset);
-                    push_segment(&mut out.segments, pos..pos + take);
+                    (self.unmask)(buf, pos, at, take, mask, offset);
+                    push_segment(&mut out.segments, at..at + take);
                     let remaining = remaining - take as u64;
                     match out.pieces.last_mut() {
                         // The header was in this buffer: extend that piece.
-                        Some(p) if p.payload.end == pos && !p.ends && p.starts => {
-                            p.payload.end = pos + take;
+                        Some(p) if p.payload.end == at && !p.ends && p.starts => {
+                            p.payload.end = at + take;
                             p.ends = remaining == 0;
                         }
                         _ => out.pieces.push(Piece {
                             opcode,
                             fin,
                             frame_len,
-                            payload: pos..pos + take,
+                            payload: at..at + take,
                             starts: false,
-                            gap_start: pos,
+                            gap_start: at,
                             ends: remaining == 0,
                         }),
                     }
@@ -213,25 +248,32 @@ impl FrameForwarder {
                     }
                     self.in_message = !h.fin;
                     let out_hl = server_header_len(h.payload_len);
-                    let payload_start = pos + h.header_len;
-                    let header_start = payload_start - out_hl;
+                    // In place (or the buffer's first output, which stays where it is):
+                    // the header goes where the mask key was. Packed: right after the
+                    // output so far, and the payload follows it as it is unmasked.
+                    let (header_start, gap_start) = if packed && !out.segments.is_empty() {
+                        (at, at)
+                    } else {
+                        (pos + h.header_len - out_hl, pos)
+                    };
+                    let payload_out = header_start + out_hl;
                     write_server_header(
-                        &mut buf[header_start..payload_start],
+                        &mut buf[header_start..payload_out],
                         h.fin,
                         h.opcode,
                         h.payload_len,
                     );
-                    push_segment(&mut out.segments, header_start..payload_start);
+                    push_segment(&mut out.segments, header_start..payload_out);
                     out.pieces.push(Piece {
                         opcode: h.opcode,
                         fin: h.fin,
                         frame_len: h.payload_len,
-                        payload: payload_start..payload_start,
+                        payload: payload_out..payload_out,
                         starts: true,
-                        gap_start: pos,
+                        gap_start,
                         ends: h.payload_len == 0,
                     });
-                    pos = payload_start;
+                    pos += h.header_len;
                     if h.payload_len == 0 {
                         out.frames_completed += 1;
                         out.at_boundary = true;
@@ -294,7 +336,12 @@ pub(crate) mod tests {
     type Close = Option<(u16, Vec<u8>)>;
 
     fn run(input: &[u8], chunk: usize) -> (Vec<u8>, Close, u32) {
+        run_in(input, chunk, Layout::InPlace)
+    }
+
+    fn run_in(input: &[u8], chunk: usize, layout: Layout) -> (Vec<u8>, Close, u32) {
         let mut fwd = FrameForwarder::new(1 << 30);
+        fwd.set_layout(layout);
         let mut out = Vec::new();
         let mut carry: Vec<u8> = Vec::new();
         let mut batch = Batch::default();
@@ -331,11 +378,13 @@ pub(crate) mod tests {
             input.extend(client_frame(true, 9, b"p", [5, 5, 5, 5]));
         }
         input.extend(client_frame(true, 8, &1000u16.to_be_bytes(), [7, 7, 7, 7]));
-        for chunk in [1, 2, 3, 7, 13, 139, 1000, 65536, 1 << 20] {
-            let (out, close, frames) = run(&input, chunk);
-            assert_eq!(out, expected, "chunk {chunk}");
-            assert_eq!(close, Some((1000, vec![])));
-            assert_eq!(frames, sizes.len() as u32);
+        for layout in [Layout::InPlace, Layout::Packed] {
+            for chunk in [1, 2, 3, 7, 13, 139, 1000, 65536, 1 << 20] {
+                let (out, close, frames) = run_in(&input, chunk, layout);
+                assert_eq!(out, expected, "chunk {chunk} {layout:?}");
+                assert_eq!(close, Some((1000, vec![])));
+                assert_eq!(frames, sizes.len() as u32);
+            }
         }
     }
 

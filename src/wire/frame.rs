@@ -261,6 +261,38 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
     }
 }
 
+/// Unmasks the `len` bytes at `buf[from..]` and writes them to `buf[to..]`, in one pass:
+/// `to <= from` (equal: in place). `offset` is as for [`unmask`]. Going forward a word at a
+/// time is safe for an overlapping move towards the front: each word is read before the
+/// store that may overlap it, and a store never reaches a byte not yet read.
+///
+/// Panics if `to > from` or `from + len > buf.len()`.
+pub fn unmask_to(buf: &mut [u8], from: usize, to: usize, len: usize, mask: [u8; 4], offset: usize) {
+    assert!(
+        to <= from && from + len <= buf.len(),
+        "unmask_to out of bounds"
+    );
+    if to == from {
+        return unmask(&mut buf[from..from + len], mask, offset);
+    }
+    let mut key = [0u8; 4];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = mask[(offset + i) % 4];
+    }
+    let key32 = u32::from_ne_bytes(key);
+    let key64 = (key32 as u64) | ((key32 as u64) << 32);
+    let words = len / 8 * 8;
+    for i in (0..words).step_by(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&buf[from + i..from + i + 8]);
+        let v = u64::from_ne_bytes(b) ^ key64;
+        buf[to + i..to + i + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    for i in words..len {
+        buf[to + i] = buf[from + i] ^ key[i % 4];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +316,31 @@ mod tests {
                     *x ^= mask[(i + off) % 4];
                 }
                 assert_eq!(a, b, "len {len} off {off}");
+            }
+        }
+    }
+
+    #[test]
+    fn unmask_to_equals_move_then_unmask() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in [0, 1, 7, 8, 9, 31, 64, 130] {
+            for shift in [0, 1, 3, 4, 8, 14, 200] {
+                for off in 0..4 {
+                    let from = 3 + shift;
+                    let orig: Vec<u8> = (0..from + len + 5).map(|i| (i * 31 + 7) as u8).collect();
+                    let mut a = orig.clone();
+                    unmask_to(&mut a, from, 3, len, mask, off);
+                    let mut b = orig.clone();
+                    b.copy_within(from..from + len, 3);
+                    unmask(&mut b[3..3 + len], mask, off);
+                    assert_eq!(
+                        a[..3 + len],
+                        b[..3 + len],
+                        "len {len} shift {shift} off {off}"
+                    );
+                    // Nothing past the destination is written.
+                    assert_eq!(a[3 + len..], orig[3 + len..]);
+                }
             }
         }
     }
