@@ -113,6 +113,9 @@ async fn writer_loop(
         let room = ch.core.borrow().writer_room(limit);
         let useful = want.min(limit / 4).max(SMALL_READ_BYTES);
         if !pending_input && room.is_some_and(|r| r < useful) {
+            // Not read until the reader makes room: what the writer sends meanwhile need
+            // not wake the shard.
+            conn.park_reads();
             ch.writer_wake.notified().await;
             continue;
         }
@@ -207,7 +210,7 @@ async fn writer_loop(
             queue(shard, ch, chunk);
             return WriterExit::Clean;
         }
-        forward(shard, ch, chunk).await;
+        forward(shard, ch, conn, chunk).await;
         if let Err(e) = result {
             ch.finish(StreamEnd::WriterProtocol(e));
             return WriterExit::Refused(e.close_code(), e.reason());
@@ -227,14 +230,14 @@ fn queue(shard: &Shard, ch: &Channel, chunk: Chunk) {
 /// Hands a chunk on as the state machine says: written to an idle WebSocket reader by the
 /// writer's loop itself, while the bytes it just read and unmasked are still in cache (with
 /// many channels on a core, a chunk that waits in the queue is cold by the time it is sent),
-/// or queued.
-async fn forward(shard: &Shard, ch: &Rc<Channel>, chunk: Chunk) {
+/// or queued. While a direct write waits for room, the writer's connection is parked.
+async fn forward(shard: &Shard, ch: &Rc<Channel>, writer: &Conn, chunk: Chunk) {
     let offer = ch.core.borrow_mut().offer(chunk);
     match offer {
         Offer::Direct(chunk) => {
             let conn = ch.reader_conn.borrow().clone();
             match conn {
-                Some(conn) => deliver(shard, ch, &conn, chunk).await,
+                Some(conn) => deliver(shard, ch, &conn, chunk, Some(writer)).await,
                 None => ch.reader_wrote(Some(chunk.buf), chunk.cost, false, &shard.pool),
             }
         }
@@ -248,9 +251,10 @@ async fn forward(shard: &Shard, ch: &Rc<Channel>, chunk: Chunk) {
     }
 }
 
-/// Writes a chunk the state machine handed out to the reader and reports the write.
-async fn deliver(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, chunk: Chunk) {
-    let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments).await;
+/// Writes a chunk the state machine handed out to the reader and reports the write;
+/// `idle` is parked while the write waits for room (see `send_segments`).
+async fn deliver(shard: &Shard, ch: &Rc<Channel>, conn: &Conn, chunk: Chunk, idle: Option<&Conn>) {
+    let (res, buf) = send_segments(conn, chunk.buf, &chunk.segments, idle).await;
     if res.is_ok() {
         ch.add_forwarded(shard.stats(), chunk.payload_bytes, chunk.frames as u64);
     }
@@ -302,17 +306,20 @@ const DRAIN_PACE: std::time::Duration = std::time::Duration::from_millis(1);
 pub const MAX_IOVECS_PER_WRITE: usize = 64;
 
 /// Sends `buf[r]` for each range: vectored from where they lie, or — for many small frames —
-/// moved together and written once.
+/// moved together and written once. Should the write wait for room, `idle` (the writer
+/// whose data this is, not read until the write is done) is parked meanwhile
+/// (`Conn::park_reads`).
 pub async fn send_segments(
     conn: &Conn,
     mut buf: Buffer,
     segments: &[std::ops::Range<usize>],
+    idle: Option<&Conn>,
 ) -> (std::io::Result<()>, Buffer) {
     if segments.len() > MAX_IOVECS_PER_WRITE {
         let range = compact(&mut buf, segments);
-        conn.write_range(buf, range).await
+        conn.write_segments_parking(buf, &[range], idle).await
     } else {
-        conn.write_segments(buf, segments).await
+        conn.write_segments_parking(buf, segments, idle).await
     }
 }
 
@@ -343,7 +350,7 @@ pub async fn run_reader(shard: &Rc<Shard>, ch: &Rc<Channel>, conn: &Rc<Conn>, le
                     if close {
                         conn.cork();
                     }
-                    deliver(shard, ch, conn, chunk).await;
+                    deliver(shard, ch, conn, chunk, None).await;
                     if close {
                         // Nothing follows our Close: the FIN leaves with it (the reader's
                         // answer is still read).

@@ -309,7 +309,7 @@ async fn stream_response(
                     clip(&mut ranges, n.saturating_sub(body_sent));
                 }
                 let len: u64 = ranges.iter().map(|r| r.len() as u64).sum();
-                let (res, buf) = send_segments(conn, chunk.buf, &ranges).await;
+                let (res, buf) = send_segments(conn, chunk.buf, &ranges, None).await;
                 if res.is_ok() {
                     body_sent += len;
                     ch.add_forwarded(shard.stats(), chunk.payload_bytes, chunk.frames as u64);

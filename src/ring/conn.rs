@@ -25,7 +25,7 @@ pub enum IoEngine {
 
 /// The socket, as the engine holds it.
 enum Socket {
-    Epoll(tokio::net::TcpStream),
+    Epoll(epoll::EpollSocket),
     Uring(tokio_uring::net::TcpStream),
 }
 
@@ -60,9 +60,15 @@ impl Conn {
         conn
     }
 
-    /// A connection a shard's listener accepted, in `epoll` mode.
-    pub(super) fn accepted_epoll(s: tokio::net::TcpStream, peer: std::net::SocketAddr) -> Conn {
-        Conn::new(Socket::Epoll(s), Some(peer))
+    /// A connection a shard's listener accepted, in `epoll` mode (non-blocking).
+    pub(super) fn accepted_epoll(
+        s: std::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> io::Result<Conn> {
+        Ok(Conn::new(
+            Socket::Epoll(epoll::EpollSocket::new(s)?),
+            Some(peer),
+        ))
     }
 
     /// A connection a shard's listener accepted, in `io_uring` mode.
@@ -84,7 +90,7 @@ impl Conn {
         let socket = match engine {
             IoEngine::Epoll => {
                 std.set_nonblocking(true)?;
-                Socket::Epoll(tokio::net::TcpStream::from_std(std)?)
+                Socket::Epoll(epoll::EpollSocket::new(std)?)
             }
             IoEngine::IoUring => {
                 // io_uring reads and writes wait for the socket themselves; a non-blocking
@@ -163,7 +169,9 @@ impl Conn {
                 let res = epoll::write_range(s, buf.as_ref(), range).await;
                 (res, buf)
             }
-            Socket::Uring(s) => uring::write_range(s, buf, range).await,
+            // Boxed (as every write of the io_uring engine): an operation's future is large,
+            // and every task that may write would carry its size.
+            Socket::Uring(s) => Box::pin(uring::write_range(s, buf, range)).await,
         }
     }
 
@@ -259,9 +267,21 @@ impl Conn {
         buf: Buffer,
         segments: &[Range<usize>],
     ) -> (io::Result<()>, Buffer) {
-        match segments {
-            [] => return (Ok(()), buf),
-            [one] => return self.write_range(buf, one.clone()).await,
+        self.write_segments_parking(buf, segments, None).await
+    }
+
+    /// As [`Conn::write_segments`]; and should the write have to wait for room, `idle` (the
+    /// connection feeding this one, which will not be read until the write is done) is
+    /// parked meanwhile (`park_reads`).
+    pub async fn write_segments_parking(
+        &self,
+        buf: Buffer,
+        segments: &[Range<usize>],
+        idle: Option<&Conn>,
+    ) -> (io::Result<()>, Buffer) {
+        match (segments, &self.socket) {
+            ([], _) => return (Ok(()), buf),
+            ([one], Socket::Uring(_)) => return self.write_range(buf, one.clone()).await,
             _ => {}
         }
         assert!(segments
@@ -269,12 +289,28 @@ impl Conn {
             .all(|r| r.start <= r.end && r.end <= buf.len()));
         let mut pending: Vec<Range<usize>> =
             segments.iter().filter(|r| !r.is_empty()).cloned().collect();
+        if pending.is_empty() {
+            return (Ok(()), buf);
+        }
         match &self.socket {
             Socket::Epoll(s) => {
-                let res = epoll::write_segments(s, &buf, &mut pending, IOV_MAX).await;
+                let park = || idle.into_iter().for_each(Conn::park_reads);
+                let res = epoll::write_segments(s, &buf, &mut pending, IOV_MAX, park).await;
                 (res, buf)
             }
-            Socket::Uring(s) => uring::write_segments(s, buf, &mut pending, IOV_MAX).await,
+            Socket::Uring(s) => {
+                Box::pin(uring::write_segments(s, buf, &mut pending, IOV_MAX)).await
+            }
+        }
+    }
+
+    /// The connection will not be read for a while (its peer's data waits for room on the
+    /// other end): with readiness, bytes arriving meanwhile should not wake the shard. The
+    /// next read or wait takes it back. Nothing to do with io_uring, where only a pending
+    /// read listens.
+    pub fn park_reads(&self) {
+        if let Socket::Epoll(s) = &self.socket {
+            s.park_reads();
         }
     }
 }

@@ -58,7 +58,7 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500)
 /// Adopts a bound listener on the current thread's event loop and accepts from it, as the
 /// shard's engine holds sockets.
 pub enum Listener {
-    Epoll(tokio::net::TcpListener),
+    Epoll(tokio::io::unix::AsyncFd<std::net::TcpListener>),
     Uring(tokio_uring::net::TcpListener),
 }
 
@@ -68,7 +68,16 @@ impl Listener {
             super::IoEngine::Epoll => {
                 l.set_nonblocking(true)
                     .expect("a listener can be made non-blocking");
-                Listener::Epoll(tokio::net::TcpListener::from_std(l).expect("on a shard's runtime"))
+                // SAFETY: the descriptor is the listener's own, open until the `AsyncFd`
+                // drops it.
+                let l = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        l,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .expect("on a shard's runtime");
+                Listener::Epoll(l)
             }
             super::IoEngine::IoUring => Listener::Uring(tokio_uring::net::TcpListener::from_std(l)),
         }
@@ -76,14 +85,43 @@ impl Listener {
 
     pub async fn accept(&self) -> io::Result<(super::Conn, SocketAddr)> {
         match self {
-            Listener::Epoll(l) => {
-                let (s, a) = l.accept().await?;
-                Ok((super::Conn::accepted_epoll(s, a), a))
-            }
+            Listener::Epoll(l) => loop {
+                let mut ready = l.readable().await?;
+                if let Ok(res) = ready.try_io(|l| accept_nonblocking(l.get_ref())) {
+                    let (s, a) = res?;
+                    return Ok((super::Conn::accepted_epoll(s, a)?, a));
+                }
+            },
             Listener::Uring(l) => {
                 let (s, a) = l.accept().await?;
                 Ok((super::Conn::accepted_uring(s, a), a))
             }
         }
     }
+}
+
+/// Accepts one connection as a non-blocking socket (`accept4`: no separate `fcntl`).
+fn accept_nonblocking(l: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: `try_init` hands `accept4` a zeroed `sockaddr_storage` and its length, which
+    // the kernel fills; a non-negative result is a new descriptor that nothing else owns.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            match libc::accept4(
+                l.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            ) {
+                -1 => Err(io::Error::last_os_error()),
+                fd => Ok(fd),
+            }
+        })?
+    };
+    // SAFETY: `fd` is the connection `accept4` just returned, owned by nothing else.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
+    Ok((stream, peer))
 }
