@@ -148,7 +148,8 @@ async fn writer_loop(
         // A WebSocket reader takes the frames packed together as they are unmasked (one
         // pass, one range to write); until a reader is known, each keeps the room an HTTP
         // reader's chunk header needs.
-        fwd.set_layout(if ch.core.borrow().reader_is_websocket() {
+        let packed = ch.core.borrow().reader_is_websocket();
+        fwd.set_layout(if packed {
             Layout::Packed
         } else {
             Layout::InPlace
@@ -180,6 +181,13 @@ async fn writer_loop(
             }
         }
         let mut chunk = Chunk::from_batch(buf, &mut batch);
+        if packed {
+            // What follows the packed output is spent input (the carry is copied out): cut
+            // it, so coalescing copies none of it and our Close can follow the data directly.
+            if let Some(end) = chunk.segments.last().map(|r| r.end) {
+                chunk.buf.truncate(end);
+            }
+        }
         if ch.end().is_some_and(|e| !e.delivers_pending()) {
             // Cut short while this read was in flight: only the rest of a frame the reader
             // is in the middle of still goes out.

@@ -805,7 +805,12 @@ impl Core {
         }
         let start = chunk.buf.len();
         chunk.buf.extend_from_slice(&frame);
-        chunk.segments.push(start..chunk.buf.len());
+        let end = chunk.buf.len();
+        match chunk.segments.last_mut() {
+            // Right after the data (a packed chunk): one range.
+            Some(last) if last.end == start => last.end = end,
+            _ => chunk.segments.push(start..end),
+        }
         true
     }
 

@@ -279,28 +279,41 @@ impl Conn {
         segments: &[Range<usize>],
         idle: Option<&Conn>,
     ) -> (io::Result<()>, Buffer) {
-        match (segments, &self.socket) {
-            ([], _) => return (Ok(()), buf),
-            ([one], Socket::Uring(_)) => return self.write_range(buf, one.clone()).await,
-            _ => {}
-        }
         assert!(segments
             .iter()
             .all(|r| r.start <= r.end && r.end <= buf.len()));
-        let mut pending: Vec<Range<usize>> =
-            segments.iter().filter(|r| !r.is_empty()).cloned().collect();
+        // One range (a packed chunk, a control frame): no list to build.
+        let (mut one, mut many);
+        let pending: &mut [Range<usize>] = match segments {
+            [r] if r.is_empty() => return (Ok(()), buf),
+            [r] => {
+                one = [r.clone()];
+                &mut one
+            }
+            _ => {
+                many = segments
+                    .iter()
+                    .filter(|r| !r.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>();
+                &mut many
+            }
+        };
         if pending.is_empty() {
             return (Ok(()), buf);
         }
         match &self.socket {
             Socket::Epoll(s) => {
                 let park = || idle.into_iter().for_each(Conn::park_reads);
-                let res = epoll::write_segments(s, &buf, &mut pending, IOV_MAX, park).await;
+                let res = epoll::write_segments(s, &buf, pending, IOV_MAX, park).await;
                 (res, buf)
             }
-            Socket::Uring(s) => {
-                Box::pin(uring::write_segments(s, buf, &mut pending, IOV_MAX)).await
+            Socket::Uring(_) if pending.len() == 1 => {
+                let range = pending[0].clone();
+                self.write_range(buf, range).await
             }
+            // Boxed, as every write of the io_uring engine (see `write_range`).
+            Socket::Uring(s) => Box::pin(uring::write_segments(s, buf, pending, IOV_MAX)).await,
         }
     }
 

@@ -12,6 +12,7 @@
 //! first and register it again only to wait.
 
 use std::cell::{Ref, RefCell};
+use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -55,7 +56,9 @@ impl EpollSocket {
     }
 
     /// The socket's registration, made again if it was parked. Fails when the socket cannot
-    /// join the reactor (`fs.epoll.max_user_watches` reached, or no memory).
+    /// join the reactor (`fs.epoll.max_user_watches` reached, or no memory): for a parked
+    /// socket that is a read or write failing mid-stream, and the connection ends as if its
+    /// peer had gone.
     /// Waiting tasks hold the returned borrow across their `.await`: see `reg`.
     fn registered(&self) -> io::Result<Ref<'_, AsyncFd<SocketFd>>> {
         if self.reg.borrow().is_none() {
@@ -85,6 +88,25 @@ impl EpollSocket {
     #[cfg(test)]
     pub fn is_registered(&self) -> bool {
         self.reg.borrow().is_some()
+    }
+
+    /// Clears the readiness for `interest` the reactor holds for the socket, if it holds
+    /// any, without waiting. Only right after an attempt that would block: nothing ran in
+    /// between, so a change since is an event the reactor has yet to take, and it will. (The
+    /// readiness future is polled once; it is not subject to the task's budget.)
+    fn forget_readiness(&self, interest: Interest) {
+        let reg = self.reg.borrow();
+        let Some(io) = reg.as_ref() else {
+            return; // parked: the reactor holds nothing for it
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if interest.is_readable() {
+            if let Poll::Ready(Ok(mut ready)) = std::pin::pin!(io.readable()).poll(&mut cx) {
+                ready.clear_ready();
+            }
+        } else if let Poll::Ready(Ok(mut ready)) = std::pin::pin!(io.writable()).poll(&mut cx) {
+            ready.clear_ready();
+        }
     }
 
     /// Waits until a read would find bytes, EOF or an error.
@@ -126,9 +148,7 @@ pub async fn read_append(
                 return (Ok(n), buf);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = forget_readiness(s, Interest::READABLE) {
-                    return (Err(e), buf);
-                }
+                s.forget_readiness(Interest::READABLE);
                 try_now = false;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => try_now = true,
@@ -165,46 +185,50 @@ pub async fn write_segments(
     iov_max: usize,
     before_wait: impl FnOnce(),
 ) -> io::Result<()> {
-    let next = match send_segments(s, buf, pending, 0, iov_max)? {
-        next if next == pending.len() => return Ok(()),
-        next => next,
-    };
+    let next = send_until_full(s, buf, pending, 0, iov_max)?;
+    if next == pending.len() {
+        return Ok(());
+    }
     before_wait();
     Box::pin(write_rest(s, buf, pending, next, iov_max)).await
 }
 
-/// One vectored, non-blocking send of `pending[next..]`; returns the first range not fully
-/// written after it (`WouldBlock` writes nothing).
-fn send_segments(
+/// Sends `pending[next..]` in vectored, non-blocking sends until all is sent or the socket
+/// is full (a send took less than it was offered, or none of it); returns the first range
+/// not fully written.
+fn send_until_full(
     s: &EpollSocket,
     buf: &[u8],
     pending: &mut [Range<usize>],
-    next: usize,
+    mut next: usize,
     iov_max: usize,
 ) -> io::Result<usize> {
-    let iovs: Vec<io::IoSlice<'_>> = pending[next..]
-        .iter()
-        .take(iov_max)
-        .map(|r| io::IoSlice::new(&buf[r.clone()]))
-        .collect();
-    match s.sock().send_vectored_with_flags(&iovs, libc::MSG_NOSIGNAL) {
-        Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-        Ok(n) => Ok(super::conn::advance(pending, next, n)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(next)
+    while next < pending.len() {
+        let iovs: Vec<io::IoSlice<'_>> = pending[next..]
+            .iter()
+            .take(iov_max)
+            .map(|r| io::IoSlice::new(&buf[r.clone()]))
+            .collect();
+        let offered: usize = iovs.iter().map(|v| v.len()).sum();
+        match s.sock().send_vectored_with_flags(&iovs, libc::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                next = super::conn::advance(pending, next, n);
+                if n < offered {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
     }
+    Ok(next)
 }
 
-/// The rest of a write whose last send was short: the socket is full, so the write
-/// readiness the reactor still holds from before is forgotten and each attempt waits for
-/// room first (rather than failing with `WouldBlock` first).
+/// The rest of a write that found the socket full: the write readiness the reactor still
+/// holds from before is forgotten, so each attempt waits for room first (rather than
+/// failing with `WouldBlock` first).
 #[allow(clippy::await_holding_refcell_ref)] // by design: see `EpollSocket::reg`
 async fn write_rest(
     s: &EpollSocket,
@@ -214,28 +238,10 @@ async fn write_rest(
     iov_max: usize,
 ) -> io::Result<()> {
     while next < pending.len() {
-        forget_readiness(s, Interest::WRITABLE)?;
+        s.forget_readiness(Interest::WRITABLE);
         let io = s.registered()?;
         let _ready = io.writable().await?;
-        next = send_segments(s, buf, pending, next, iov_max)?;
-    }
-    Ok(())
-}
-
-/// Clears the readiness for `interest` the reactor holds for `s`, if it holds any, without
-/// waiting. Only right after an attempt that would block: nothing ran in between, so a
-/// change since is an event the reactor has yet to take, and it will. (The waker handed
-/// over is never used: waits here go through `readable()`/`writable()`.)
-fn forget_readiness(s: &EpollSocket, interest: Interest) -> io::Result<()> {
-    let io = s.registered()?;
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let ready = if interest.is_readable() {
-        io.poll_read_ready(&mut cx)
-    } else {
-        io.poll_write_ready(&mut cx)
-    };
-    if let Poll::Ready(Ok(mut guard)) = ready {
-        guard.clear_ready();
+        next = send_until_full(s, buf, pending, next, iov_max)?;
     }
     Ok(())
 }

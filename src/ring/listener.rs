@@ -88,6 +88,9 @@ impl Listener {
             Listener::Epoll(l) => loop {
                 let mut ready = l.readable().await?;
                 if let Ok(res) = ready.try_io(|l| accept_nonblocking(l.get_ref())) {
+                    // Counted against the task's budget, as tokio's own accept is: a burst
+                    // of connections yields to the shard's other tasks now and then.
+                    tokio::task::consume_budget().await;
                     let (s, a) = res?;
                     return Ok((super::Conn::accepted_epoll(s, a)?, a));
                 }

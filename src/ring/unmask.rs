@@ -64,8 +64,10 @@ unsafe fn unmask_to_avx2(
     }
     let kv = _mm256_set1_epi32(i32::from_ne_bytes(key));
     let vec_end = len / 32 * 32;
-    let src = buf.as_ptr().add(from);
-    let dst = buf.as_mut_ptr().add(to);
+    // Both from one pointer: a store through `dst` must not invalidate `src`.
+    let base = buf.as_mut_ptr();
+    let src = base.add(from) as *const u8;
+    let dst = base.add(to);
     let mut i = 0;
     // SAFETY (all loads and stores below): `i + 32 * k <= vec_end <= len` for every access,
     // so each 32-byte unaligned access lies within `buf[from..from + len]` (loads) or
