@@ -354,10 +354,8 @@ mod tests {
     #[test]
     fn a_first_write_goes_out_at_once_or_fails() {
         tokio_uring::start(async {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (peer, ours) = crate::ring::loopback_pair();
             let _ = socket2::SockRef::from(&peer).set_recv_buffer_size(4096);
-            let (ours, _) = listener.accept().unwrap();
             let _ = socket2::SockRef::from(&ours).set_send_buffer_size(4096);
             let conn = Conn::from_std(ours, None, IoEngine::Epoll).unwrap();
             conn.write_first(b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec())

@@ -55,11 +55,11 @@ impl EpollSocket {
         socket2::SockRef::from(&self.stream)
     }
 
-    /// The socket's registration, made again if it was parked. Fails when the socket cannot
-    /// join the reactor (`fs.epoll.max_user_watches` reached, or no memory): for a parked
-    /// socket that is a read or write failing mid-stream, and the connection ends as if its
-    /// peer had gone.
-    /// Waiting tasks hold the returned borrow across their `.await`: see `reg`.
+    /// The socket's registration, made again if it was parked; waiting tasks hold the
+    /// returned borrow across their `.await` (see `reg`). Fails when the socket cannot join
+    /// the reactor (`fs.epoll.max_user_watches` reached, or no memory): for a parked socket
+    /// that is a read or write failing mid-stream, and the connection ends as if its peer
+    /// had gone.
     fn registered(&self) -> io::Result<Ref<'_, AsyncFd<SocketFd>>> {
         if self.reg.borrow().is_none() {
             let fd = SocketFd(self.stream.as_raw_fd());
@@ -100,11 +100,12 @@ impl EpollSocket {
             return; // parked: the reactor holds nothing for it
         };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if interest.is_readable() {
-            if let Poll::Ready(Ok(mut ready)) = std::pin::pin!(io.readable()).poll(&mut cx) {
-                ready.clear_ready();
-            }
-        } else if let Poll::Ready(Ok(mut ready)) = std::pin::pin!(io.writable()).poll(&mut cx) {
+        let ready = if interest.is_readable() {
+            std::pin::pin!(io.readable()).poll(&mut cx)
+        } else {
+            std::pin::pin!(io.writable()).poll(&mut cx)
+        };
+        if let Poll::Ready(Ok(mut ready)) = ready {
             ready.clear_ready();
         }
     }
@@ -252,12 +253,11 @@ mod tests {
     use std::io::{Read, Write};
     use std::time::Duration;
 
+    /// `(peer, ours)`, ours non-blocking as the engine takes it.
     fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
+        let (peer, ours) = crate::ring::loopback_pair();
+        ours.set_nonblocking(true).unwrap();
+        (peer, ours)
     }
 
     async fn read_some(s: &EpollSocket) -> Vec<u8> {

@@ -24,3 +24,12 @@ pub use pool::{BufPool, StreamGuard, MIN_STREAM_READ, POOL_RETAIN_BYTES, REGISTE
 pub use runtime::{spawn, spawn_pinned, uring_unavailable, RING_ENTRIES};
 pub use unmask::{unmask, unmask_is_vectorized, unmask_to};
 pub use watchdog::{Cut, Watchdog};
+
+/// A connected loopback pair for tests: `(peer, ours)`.
+#[cfg(test)]
+fn loopback_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (ours, _) = listener.accept().expect("accept");
+    (peer, ours)
+}

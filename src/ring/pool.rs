@@ -205,11 +205,8 @@ impl BufPool {
             self.registered_reads.set(self.registered_reads.get() + 1);
             return b;
         }
-        let class = class_of(cap);
-        if class.is_some() {
+        if let Some(c) = class_of(cap) {
             self.heap_reads.set(self.heap_reads.get() + 1);
-        }
-        if let Some(c) = class {
             if let Some(b) = self.free.borrow_mut()[c].pop() {
                 self.retained.set(self.retained.get() - b.capacity());
                 return b.into();
@@ -302,9 +299,7 @@ mod tests {
             assert_eq!(pool.stream_buffers_handed_out(), (5, 2));
 
             // A fixed read fills the registered buffer like a heap one.
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (ours, _) = listener.accept().unwrap();
+            let (mut peer, ours) = crate::ring::loopback_pair();
             let conn =
                 crate::ring::Conn::from_std(ours, None, crate::ring::IoEngine::IoUring).unwrap();
             peer.write_all(b"registered bytes").unwrap();

@@ -58,10 +58,7 @@ unsafe fn unmask_to_avx2(
     offset: usize,
 ) {
     use std::arch::x86_64::*;
-    let mut key = [0u8; 4];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = mask[(offset + i) % 4];
-    }
+    let key = crate::wire::frame::phased_mask(mask, offset);
     let kv = _mm256_set1_epi32(i32::from_ne_bytes(key));
     let vec_end = len / 32 * 32;
     // Both from one pointer: a store through `dst` must not invalidate `src`.

@@ -180,9 +180,7 @@ mod tests {
 
     /// A loopback pair: the relay's side as a `Conn`, the peer as a std socket.
     fn pair() -> (Rc<Conn>, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-        let (ours, _) = listener.accept().expect("accept");
+        let (peer, ours) = crate::ring::loopback_pair();
         (
             Rc::new(Conn::from_std(ours, None, Default::default()).unwrap()),
             peer,
@@ -321,10 +319,8 @@ mod write_cut_tests {
     /// the connection, with either engine.
     fn a_cut_write_ends(engine: IoEngine) {
         tokio_uring::start(async move {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (_peer, ours) = crate::ring::loopback_pair();
             let _ = socket2::SockRef::from(&_peer).set_recv_buffer_size(64 << 10);
-            let (ours, _) = listener.accept().unwrap();
             // Small buffers both ways: the write below surely waits for room.
             let _ = socket2::SockRef::from(&ours).set_send_buffer_size(64 << 10);
             let conn = Rc::new(Conn::from_std(ours, None, engine).unwrap());

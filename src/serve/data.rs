@@ -233,7 +233,9 @@ async fn attach(
     let reusable = match mode {
         Mode::WebSocket => {
             let ws_key = head.ws_key.as_deref().unwrap_or_default(); // checked in `route`
-                                                                     // First: the channel may write to this end from another task once it is out.
+
+            // The 101 goes first: once it is out, the channel may write to this end from
+            // another task.
             if conn.write_first(switching_protocols(ws_key)).await.is_err() {
                 ch.finish(match target.dir {
                     Direction::Write => StreamEnd::WriterDisconnected,

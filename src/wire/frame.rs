@@ -238,16 +238,23 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<(u16, &[u8]), FrameError> {
     }
 }
 
+/// The mask as it applies from payload position `offset` on (it repeats every 4 bytes).
+pub fn phased_mask(mask: [u8; 4], offset: usize) -> [u8; 4] {
+    std::array::from_fn(|i| mask[(offset + i) % 4])
+}
+
+/// A phased mask repeated over a `u64`, for unmasking 8 bytes at a time.
+fn mask_word(key: [u8; 4]) -> u64 {
+    let key32 = u32::from_ne_bytes(key) as u64;
+    key32 | (key32 << 32)
+}
+
 /// Unmasks `data` in place. `offset` is the position of `data[0]` within the frame's
 /// payload (the mask repeats every 4 bytes). Works a `u64` at a time: a byte loop costs
 /// ~10× more on large frames.
 pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
-    let mut key = [0u8; 4];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = mask[(offset + i) % 4];
-    }
-    let key32 = u32::from_ne_bytes(key);
-    let key64 = (key32 as u64) | ((key32 as u64) << 32);
+    let key = phased_mask(mask, offset);
+    let key64 = mask_word(key);
     let split = data.len() / 8 * 8;
     let (words, tail) = data.split_at_mut(split);
     for chunk in words.chunks_exact_mut(8) {
@@ -275,12 +282,8 @@ pub fn unmask_to(buf: &mut [u8], from: usize, to: usize, len: usize, mask: [u8; 
     if to == from {
         return unmask(&mut buf[from..from + len], mask, offset);
     }
-    let mut key = [0u8; 4];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = mask[(offset + i) % 4];
-    }
-    let key32 = u32::from_ne_bytes(key);
-    let key64 = (key32 as u64) | ((key32 as u64) << 32);
+    let key = phased_mask(mask, offset);
+    let key64 = mask_word(key);
     let words = len / 8 * 8;
     for i in (0..words).step_by(8) {
         let mut b = [0u8; 8];
