@@ -481,3 +481,76 @@ fn an_idle_timeout_ends_a_reader_that_never_reads() {
     wait_for_end(&relay, "idle_timeout", Duration::from_secs(1));
     drop(r);
 }
+
+/// A stream whose writer always has data waiting and whose reader always has room never
+/// makes the relay wait on a socket. Its shard must still serve other channels and the
+/// control plane's orders while it flows: the stream's loop yields to them.
+#[test]
+fn a_stream_that_never_waits_does_not_starve_its_shard() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let relay = RELAY.spawn(None, 1);
+    let hog = relay.create();
+    let mut r = relay.connect(&hog, "read");
+    let mut w = relay.connect(&hog, "write");
+    // 1 MiB of masked 64 KiB frames, written as fast as the socket takes them; the reader
+    // reads as fast as the relay writes. Bounded: 20 s, or until the relay ends the stream.
+    let block: Vec<u8> = (0..16)
+        .flat_map(|i| frame(true, OP_BINARY, chunk(i, 64 << 10)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if w.write_raw(&block).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let (ended_tx, ended) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        while let Ok(n @ 1..) = r.stream.read(&mut buf) {
+            total += n as u64;
+        }
+        let _ = ended_tx.send(total);
+    });
+    // The control plane's questions about the stream are answered by its shard.
+    let flowing = wait_for(Duration::from_secs(10), || {
+        let asked = Instant::now();
+        let forwarded = relay.state(&hog.id)["bytes_forwarded"].as_u64();
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(2), "a state query took {took:?}");
+        (forwarded >= Some(64 << 20)).then_some(())
+    });
+    assert!(flowing.is_some(), "the stream never got going");
+    // While it flows, another channel on the same shard pairs and delivers.
+    let (probe_tx, probe) = mpsc::channel();
+    let ch = relay.create();
+    let data = relay.data;
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut pr = ws_connect(data, &ch.path("read"));
+        let mut pw = ws_connect(data, &ch.path("write"));
+        pw.send_binary(b"still served");
+        let f = pr.expect_frame("probe reader");
+        writer_finish(&mut pw, "probe writer");
+        let _ = probe_tx.send((f.payload, started.elapsed()));
+    });
+    let probe = probe.recv_timeout(Duration::from_secs(5));
+    // The control plane's DELETE reaches the stream: its reader is closed.
+    let deleted = relay.delete(&hog.id);
+    let ended = ended.recv_timeout(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let (payload, took) = probe.expect("a second channel on the shard was not served within 5 s");
+    assert_eq!(payload, b"still served");
+    assert!(took < Duration::from_secs(2), "probe took {took:?}");
+    assert_eq!(deleted, 204, "DELETE of the flowing stream");
+    ended.expect("the deleted stream's reader was not ended within 5 s");
+}

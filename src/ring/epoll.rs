@@ -10,6 +10,12 @@
 //! blocked in `send` is not woken at all). So a socket can be *parked* (`park_reads`): taken
 //! out of the reactor until a task next has to wait on it. Reads and writes try the socket
 //! first and register it again only to wait.
+//!
+//! An attempt that succeeds at once never returns to the runtime, so every read and write
+//! spends a unit of the task's cooperative budget first (as tokio's own sockets do): a
+//! stream whose writer always has data waiting and whose reader always has room would
+//! otherwise hold its shard — every other channel on it, and the control plane's orders —
+//! for as long as it flows.
 
 use std::cell::{Ref, RefCell};
 use std::future::Future;
@@ -133,6 +139,7 @@ pub async fn read_append(
     mut buf: Vec<u8>,
     max: usize,
 ) -> (io::Result<usize>, Vec<u8>) {
+    tokio::task::consume_budget().await;
     let mut try_now = buf.capacity() - buf.len() >= max;
     loop {
         if !try_now {
@@ -186,6 +193,7 @@ pub async fn write_segments(
     iov_max: usize,
     before_wait: impl FnOnce(),
 ) -> io::Result<()> {
+    tokio::task::consume_budget().await;
     let next = send_until_full(s, buf, pending, 0, iov_max)?;
     if next == pending.len() {
         return Ok(());
@@ -299,6 +307,39 @@ mod tests {
             assert_eq!(read_some(&s).await, b"later");
             assert!(s.is_registered());
             drop(writer.join());
+        });
+    }
+
+    #[test]
+    fn reads_and_writes_that_never_wait_still_let_other_tasks_run() {
+        tokio_uring::start(async {
+            let (mut a, b) = pair();
+            let s = EpollSocket::new(b).unwrap();
+            // All there before the loops start (and within the socket buffers): no read or
+            // write below has to wait.
+            a.write_all(&[7u8; 16 << 10]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+            let other = {
+                let ran = ran.clone();
+                crate::ring::spawn(async move { ran.set(true) })
+            };
+            for _ in 0..1000 {
+                let (res, _) = read_append(&s, Vec::with_capacity(16), 16).await;
+                assert_eq!(res.unwrap(), 16);
+            }
+            assert!(ran.get(), "1,000 reads that found bytes held the thread");
+            other.await.unwrap();
+            let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+            let other = {
+                let ran = ran.clone();
+                crate::ring::spawn(async move { ran.set(true) })
+            };
+            for _ in 0..1000 {
+                write_range(&s, b"0123456789abcdef", 0..16).await.unwrap();
+            }
+            assert!(ran.get(), "1,000 writes that found room held the thread");
+            other.await.unwrap();
         });
     }
 
