@@ -71,6 +71,14 @@ class CaseFailure(Exception):
     pass
 
 
+async def within(aw, seconds: float, what: str):
+    """Awaits `aw` for at most `seconds`; past that the case fails saying what it waited for."""
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except asyncio.TimeoutError:
+        raise CaseFailure(f"{what}: not within {seconds:g} s") from None
+
+
 def check(cond: bool, msg: str) -> None:
     if not cond:
         raise CaseFailure(msg)
@@ -332,7 +340,7 @@ async def case_dup_reader_abort(base: str, control: str) -> str:
     check(not r1.done(), "first reader ended when a second reader was refused")
     status, body = await asyncio.to_thread(_http, "DELETE", f"{control}/v1/channels/{ch['channel_id']}")
     check(status == 204, f"DELETE /v1/channels/{{id}} -> {status} {body[:200]!r}, expected 204")
-    res = await asyncio.wait_for(r1, 10)
+    res = await within(r1, 10, "the aborted reader's end after the DELETE")
     check(res["close_rcvd"] is not None and res["close_rcvd"][0] == 1011,
           f"aborted reader got close {res['close_rcvd']}, expected 1011 'channel aborted'")
     # The Python SDK reader ends its iteration silently on 1011 (like a clean end): only the
@@ -426,8 +434,8 @@ async def case_abort_streaming(base: str, control: str) -> str:
     await wait_state(control, ch["channel_id"], lambda s: s.get("bytes_forwarded", 0) >= MiB, "1 MiB forwarded")
     status, body = await asyncio.to_thread(_http, "DELETE", f"{control}/v1/channels/{ch['channel_id']}")
     check(status == 204, f"DELETE -> {status} {body[:200]!r}, expected 204")
-    rres = await asyncio.wait_for(rtask, 10)
-    werr = await asyncio.wait_for(wtask, 10)
+    rres = await within(rtask, 10, "the reader's end after the DELETE")
+    werr = await within(wtask, 10, "the writer's end after the DELETE")
     probs = []
     if rres["close_rcvd"] is None or rres["close_rcvd"][0] != 1011:
         probs.append(f"reader got close {rres['close_rcvd']} after {rres['n']} B (None = TCP cut, e.g. mid-frame), "
@@ -615,7 +623,7 @@ async def main() -> int:
             print(f"PASS {name} ({time.monotonic() - t0:.2f}s): {info}", flush=True)
         except asyncio.TimeoutError:
             failed += 1
-            print(f"FAIL {name}: timed out after {CASE_TIMEOUT:.0f}s", flush=True)
+            print(f"FAIL {name}: the case's limit ({CASE_TIMEOUT:.0f} s) ran out", flush=True)
         except CaseFailure as e:
             failed += 1
             print(f"FAIL {name}: {e}", flush=True)
