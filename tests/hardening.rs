@@ -514,11 +514,8 @@ fn a_stream_that_never_waits_does_not_starve_its_shard() {
     let (ended_tx, ended) = mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        while let Ok(n @ 1..) = r.stream.read(&mut buf) {
-            total += n as u64;
-        }
-        let _ = ended_tx.send(total);
+        while let Ok(1..) = r.stream.read(&mut buf) {}
+        let _ = ended_tx.send(());
     });
     // The control plane's questions about the stream are answered by its shard.
     let flowing = wait_for(Duration::from_secs(10), || {

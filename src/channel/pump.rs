@@ -323,12 +323,14 @@ pub async fn send_segments(
     segments: &[std::ops::Range<usize>],
     idle: Option<&Conn>,
 ) -> (std::io::Result<()>, Buffer) {
-    if segments.len() > MAX_IOVECS_PER_WRITE {
-        let range = compact(&mut buf, segments);
-        conn.write_segments_parking(buf, &[range], idle).await
+    let compacted;
+    let segments = if segments.len() > MAX_IOVECS_PER_WRITE {
+        compacted = [compact(&mut buf, segments)];
+        &compacted[..]
     } else {
-        conn.write_segments_parking(buf, segments, idle).await
-    }
+        segments
+    };
+    conn.write_segments(buf, segments, idle).await
 }
 
 /// How long the Close echo to a reader that closed first may take before its connection is

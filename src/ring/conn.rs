@@ -262,18 +262,9 @@ impl Conn {
 impl Conn {
     /// Writes `buf[r]` for every range in `segments`, in order, with vectored writes: the
     /// ranges go out of the buffer where they lie, without being moved together first.
+    /// Should the write have to wait for room, `idle` (the connection feeding this one,
+    /// which will not be read until the write is done) is parked meanwhile (`park_reads`).
     pub async fn write_segments(
-        &self,
-        buf: Buffer,
-        segments: &[Range<usize>],
-    ) -> (io::Result<()>, Buffer) {
-        self.write_segments_parking(buf, segments, None).await
-    }
-
-    /// As [`Conn::write_segments`]; and should the write have to wait for room, `idle` (the
-    /// connection feeding this one, which will not be read until the write is done) is
-    /// parked meanwhile (`park_reads`).
-    pub async fn write_segments_parking(
         &self,
         buf: Buffer,
         segments: &[Range<usize>],
